@@ -1,0 +1,162 @@
+"""Settings: every knob labelq has, read once at the edge and passed down.
+
+Environment variables take the ``LABELQ_`` prefix (``LABELQ_BATCH_SIZE=64``) and a
+``.env`` file in the working directory is read too. Nothing below the CLI and the
+Celery entry point reads ``os.environ``; they build one :class:`Settings` and hand
+it on. Units are in the field names or descriptions (seconds, bytes, pixels).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
+DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
+# Pillow formats decoded by default; anything else Pillow recognises is `unsupported`.
+DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``a,b,c`` (env style) as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """One typed settings object; see docs/configuration in the README."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LABELQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- services
+    broker_url: str = Field("redis://localhost:6379/0", description="Celery broker (redis://, rediss://, amqp://)")
+    results_url: str | None = Field(
+        None, description="Result store for distributed jobs: redis://, postgresql://, sqlite://; default: the broker's Redis"
+    )
+    db_url: str = Field("sqlite:///labelq.db", description="SQL result table of `labelq run`")
+    result_ttl: int = Field(30 * 24 * 3600, ge=0, description="seconds Redis keeps records and job state; 0 keeps them forever")
+
+    # --- models and inference
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_MODEL])
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    dtype: Dtype = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
+    batch_size: int = Field(32, ge=1, le=4096, description="images per forward pass")
+    top_k: int = Field(5, ge=1, le=100, description="labels kept per record")
+    compile: bool = Field(False, description="torch.compile the model (slow start, faster steady state)")
+    channels_last: bool = Field(True, description="channels_last memory format for convolutional models")
+
+    # --- pipeline
+    fetch_threads: int = Field(16, ge=1, le=512, description="concurrent object fetches")
+    decode_threads: int = Field(0, ge=0, le=512, description="decode threads; 0 = number of CPU cores")
+    prefetch_batches: int = Field(2, ge=1, le=64, description="batches fetched/decoded ahead of inference")
+    fast_decode: bool = Field(True, description="JPEG draft (DCT-domain) downscale + resize in Pillow to the model's geometry")
+
+    # --- input limits
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest object fetched, bytes")
+    max_pixels: int = Field(100_000_000, ge=1, description="largest image decoded, pixels; over 2x is a decompression bomb")
+    suffixes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SUFFIXES))
+    formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
+
+    # --- storage
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); default AWS")
+    s3_region: str | None = None
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="attempts per S3 call (botocore standard retries)")
+    s3_connect_timeout: float = Field(5.0, gt=0, description="seconds")
+    s3_read_timeout: float = Field(30.0, gt=0, description="seconds")
+    local_root: Path | None = Field(None, description="folder a worker may read file:// URIs from; unset refuses them")
+
+    # --- distributed
+    chunk_size: int = Field(64, ge=1, le=100_000, description="object refs per Celery task")
+    visibility_timeout: int = Field(3600, ge=10, description="seconds before an unacknowledged chunk is redelivered (Redis broker)")
+    queue: str = Field("labelq", description="Celery queue of bulk chunks")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="a worker's Prometheus endpoint")
+    log_level: str = "INFO"
+
+    @field_validator("models", "suffixes", "formats", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("suffixes")
+    @classmethod
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        return [s.lower() if s.startswith(".") else "." + s.lower() for s in value]
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        return [f.upper() for f in value]
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if value.split("://", 1)[0] not in ("redis", "rediss", "amqp", "amqps", "pyamqp", "memory"):
+            raise ValueError(f"broker_url must start with redis://, rediss:// or amqp://, not {value.split('://')[0]!r}://")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model is needed, e.g. LABELQ_MODELS=Falconsai/nsfw_image_detection")
+        return value
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if self.decode_threads == 0:
+            self.decode_threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        return self
+
+    @property
+    def results(self) -> str:
+        """The distributed result store's URL (the broker's Redis unless set)."""
+        if self.results_url:
+            return self.results_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return "redis://localhost:6379/0"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from env/.env plus explicit overrides (CLI flags).
+
+    Validation errors become one :class:`UsageError` naming the knob and what to fix.
+    """
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"LABELQ_{field.upper()}: {err['msg']}")
+        raise UsageError("invalid settings: " + "; ".join(problems)) from None
+
+
+def redact(url: str | None) -> str:
+    """A URL with its password replaced by ``***``, for logs and status output."""
+    if not url or "@" not in url or "://" not in url:
+        return url or ""
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"

@@ -1,0 +1,72 @@
+"""Error kinds: one small exception type per kind of failure a record can carry.
+
+Every failure an image can meet on its way through the engine is raised as one of
+these and becomes an error record with ``error_kind`` and a message; nothing else
+is allowed to escape a batch.
+"""
+
+from __future__ import annotations
+
+ERROR_KINDS = (
+    "not_found",
+    "access_denied",
+    "too_large",
+    "not_an_image",
+    "corrupt",
+    "decompression_bomb",
+    "unsupported",
+    "storage_error",
+    "model_error",
+)
+
+# Kinds that can succeed when tried again (used by `labelq retry`).
+RETRYABLE_KINDS = frozenset({"storage_error", "model_error"})
+
+
+class LabelqError(Exception):
+    """Base of every per-item failure; ``kind`` is one of ERROR_KINDS."""
+
+    kind = "model_error"
+
+
+class NotFound(LabelqError):
+    kind = "not_found"
+
+
+class AccessDenied(LabelqError):
+    kind = "access_denied"
+
+
+class TooLarge(LabelqError):
+    kind = "too_large"
+
+
+class NotAnImage(LabelqError):
+    kind = "not_an_image"
+
+
+class Corrupt(LabelqError):
+    kind = "corrupt"
+
+
+class DecompressionBomb(LabelqError):
+    kind = "decompression_bomb"
+
+
+class Unsupported(LabelqError):
+    kind = "unsupported"
+
+
+class StorageError(LabelqError):
+    kind = "storage_error"
+
+
+class ModelError(LabelqError):
+    kind = "model_error"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for (bad source, unknown model, service down).
+
+    The CLI prints its message as one line on stderr and exits non-zero.
+    """

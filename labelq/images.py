@@ -1,0 +1,232 @@
+"""Decode image bytes into RGB, with limits, and resize fast to a model's geometry.
+
+Pure functions: bytes in, a PIL image or a uint8 HxWx3 array out, or a typed error.
+Pillow releases the GIL while decoding and resizing, so these run well in threads.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import Corrupt, DecompressionBomb, NotAnImage, TooLarge, Unsupported
+
+logger = logging.getLogger(__name__)
+
+# Pillow's own bomb guard is replaced by ours (limits come from settings, per call).
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input limits: bytes of an object, pixels of an image, Pillow formats accepted."""
+
+    max_bytes: int
+    max_pixels: int
+    formats: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """How a model wants its pixels laid out before normalisation.
+
+    ``resize`` is the (height, width) to resize to, or ``shortest`` the short side
+    to scale to keeping the aspect ratio (the long side truncated, as transformers
+    and torchvision do); then a centre crop to ``crop`` (height, width) if set.
+    ``crop_round``: torchvision rounds the crop offset, transformers floors it.
+    Models with equal geometries share one decode.
+    """
+
+    resize: tuple[int, int] | None
+    shortest: int | None
+    crop: tuple[int, int] | None
+    resample: str
+    crop_round: bool = False
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(height, width) of the array this geometry produces."""
+        if self.crop is not None:
+            return self.crop
+        if self.resize is not None:
+            return self.resize
+        raise ValueError("a shortest-edge geometry needs a crop to have a fixed output size")
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step, before cropping."""
+        if self.resize is not None:
+            return self.resize[1], self.resize[0]
+        assert self.shortest is not None
+        s = self.shortest
+        if width <= height:
+            return s, int(s * height / width)
+        return int(s * width / height), s
+
+
+def decode(data: bytes, limits: Limits, *, draft: Sequence[Geometry] = ()) -> Image.Image:
+    """Bytes → an oriented RGB image (first frame of animations).
+
+    ``draft``: geometries the image is for; a JPEG then decodes at a reduced scale
+    (1/2, 1/4, 1/8 in the DCT domain) as long as it stays at least as large as each
+    geometry's resize step needs, which is most of the speed of the fast path.
+    Raises TooLarge, NotAnImage, Unsupported, DecompressionBomb or Corrupt.
+    """
+    if len(data) > limits.max_bytes:
+        raise TooLarge(f"object is {len(data)} bytes, over the limit of {limits.max_bytes} (LABELQ_MAX_BYTES)")
+    if not data:
+        raise NotAnImage("empty object (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise NotAnImage(f"not a recognised image ({_sniff(data)})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on garbage headers
+        raise Corrupt(f"cannot read image header: {type(exc).__name__}: {exc}") from None
+    fmt = (im.format or "").upper()
+    if fmt not in limits.formats:
+        raise Unsupported(f"image format {fmt or 'unknown'} is not accepted (accepted: {', '.join(sorted(limits.formats))})")
+    width, height = im.size
+    pixels = width * height
+    if pixels > 2 * limits.max_pixels:
+        raise DecompressionBomb(
+            f"{width}x{height} = {pixels} pixels is over twice the limit of {limits.max_pixels} (LABELQ_MAX_PIXELS)"
+        )
+    if pixels > limits.max_pixels:
+        raise TooLarge(f"{width}x{height} = {pixels} pixels is over the limit of {limits.max_pixels} (LABELQ_MAX_PIXELS)")
+    if width < 1 or height < 1:
+        raise Corrupt(f"image has no pixels ({width}x{height})")
+    try:
+        if draft and fmt in ("JPEG", "MPO"):
+            _draft(im, draft)
+        im.load()  # first frame only; animations stay on frame 0
+        im = _orient(im)
+        return to_rgb(im)
+    except (TooLarge, DecompressionBomb):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecompressionBomb(str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error()) as exc:
+        raise Corrupt(f"{fmt} data is damaged: {exc}") from None
+    except MemoryError:
+        raise TooLarge(f"{width}x{height} image does not fit in memory") from None
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error
+
+
+def _draft(im: Image.Image, geometries: Sequence[Geometry]) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale every geometry can still use.
+
+    Sizes are worked out on the displayed (EXIF-rotated) image; a 90/270 degree
+    rotation swaps the axes of the request back to the stored ones.
+    """
+    w, h = im.size
+    rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    if rotated:
+        w, h = h, w
+    sizes = [g.resized_size(w, h) for g in geometries]
+    want_w, want_h = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    if rotated:
+        want_w, want_h = want_h, want_w
+    im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, (want_w, want_h))
+
+
+def _orient(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:  # a broken EXIF block must not lose the image
+        logger.debug("ignoring unreadable EXIF orientation", exc_info=True)
+        return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB; transparency is composited over white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+        if mode == "RGB":
+            return im
+    if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if mode == "F":
+            peak = max(float(arr.max()), 1.0)
+        arr8 = np.clip(arr * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "looks like HTML"
+    if head.startswith(b"<?xml") or head.startswith(b"<svg"):
+        return "looks like XML/SVG"
+    if head.startswith(b"%pdf"):
+        return "looks like a PDF"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "looks like text"
+    return f"starts with {data[:8].hex()}"
+
+
+def fit(im: Image.Image, geometry: Geometry) -> np.ndarray:
+    """Resize and centre-crop an RGB image to the geometry: a uint8 (H, W, 3) array."""
+    width, height = im.size
+    new_w, new_h = geometry.resized_size(width, height)
+    resample = _RESAMPLE[geometry.resample]
+    if (new_w, new_h) != (width, height):
+        im = im.resize((new_w, new_h), resample=resample)
+    if geometry.crop is not None:
+        ch, cw = geometry.crop
+        if new_w < cw or new_h < ch:  # pad like torchvision/transformers would: zeros around
+            canvas = Image.new("RGB", (max(cw, new_w), max(ch, new_h)))
+            canvas.paste(im, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
+            im, new_w, new_h = canvas, canvas.width, canvas.height
+        if geometry.crop_round:
+            top, left = int(round((new_h - ch) / 2.0)), int(round((new_w - cw) / 2.0))
+        else:
+            top, left = (new_h - ch) // 2, (new_w - cw) // 2
+        if (new_w, new_h) != (cw, ch):
+            im = im.crop((left, top, left + cw, top + ch))
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_fit(data: bytes, limits: Limits, geometries: Sequence[Geometry], *, fast: bool = True) -> list[np.ndarray]:
+    """Decode once and fit to each geometry (models sharing a decode)."""
+    im = decode(data, limits, draft=geometries if fast else ())
+    return [fit(im, g) for g in geometries]
+
+
+def pixel_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and max absolute difference of two arrays in 0-255 levels."""
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return float(d.mean()), float(d.max())
+
+

@@ -1,0 +1,285 @@
+"""Classifiers: load by hub id or local folder, derive preprocessing, predict batches.
+
+Any ``AutoModelForImageClassification`` repo works, timm hub repos included
+(through transformers' TimmWrapper). Preprocessing comes from the model's own
+processor config. Two paths:
+
+* fast (default where the geometry can be derived): Pillow decodes (JPEG in draft
+  mode) and resizes to the model's geometry as uint8; rescale and mean/std run
+  batched on the model's device.
+* exact: the model's own ``AutoImageProcessor`` on each decoded image; used when a
+  processor does something we cannot express as a :class:`Geometry`, or when
+  ``LABELQ_FAST_DECODE=false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import Settings
+from .errors import UsageError
+from .images import Geometry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    score: float
+    top_k: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Normalise:
+    """pixel' = pixel * scale, then (pixel' - mean) / std, per channel."""
+
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def resolve_device(spec: str) -> Any:
+    """auto → cuda > mps > cpu; an explicit device must exist."""
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {spec} asked for, but CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {spec} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
+def resolve_dtype(spec: str, device: Any) -> Any:
+    """auto: bf16 on GPUs that have it (else fp16), fp32 elsewhere."""
+    import torch
+
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+
+
+def _resample_name(value: Any) -> str | None:
+    """A processor's resample (PIL int, enum, or torchvision mode) → our filter name."""
+    if value is None:
+        return "bilinear"
+    name = getattr(value, "name", None) or getattr(value, "value", None) or value
+    if isinstance(name, int):
+        return {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}.get(name)
+    name = str(name).lower().rsplit(".", 1)[-1]
+    return name if name in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming") else None
+
+
+def _size_get(size: Any, key: str) -> Any:
+    if size is None:
+        return None
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def derive_preprocessing(processor: Any) -> tuple[Geometry, Normalise] | None:
+    """Geometry and normalisation a processor applies, or None when it does more than we can express."""
+    data_config = getattr(processor, "data_config", None)
+    if data_config is not None:  # timm (TimmWrapperImageProcessor)
+        return _derive_timm(data_config)
+    if type(processor).__name__.replace("Pil", "").replace("Fast", "") not in _HF_SIMPLE:
+        return None
+    if not getattr(processor, "do_resize", True):
+        return None
+    size = getattr(processor, "size", None)
+    height, width, shortest = _size_get(size, "height"), _size_get(size, "width"), _size_get(size, "shortest_edge")
+    resample = _resample_name(getattr(processor, "resample", None))
+    if resample is None:
+        return None
+    crop = None
+    if getattr(processor, "do_center_crop", False):
+        cs = getattr(processor, "crop_size", None)
+        ch, cw = _size_get(cs, "height"), _size_get(cs, "width")
+        if not (ch and cw):
+            return None
+        crop = (int(ch), int(cw))
+    if height and width:
+        geometry = Geometry((int(height), int(width)), None, crop, resample)
+    elif shortest and crop is not None:
+        geometry = Geometry(None, int(shortest), crop, resample)
+    else:
+        return None
+    scale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
+    if getattr(processor, "do_normalize", True):
+        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if len(mean) != 3 or len(std) != 3:
+        return None
+    return geometry, Normalise(scale, mean, std)  # type: ignore[arg-type]
+
+
+# Processors whose whole pipeline is resize (+ centre crop) → rescale → normalise.
+_HF_SIMPLE = {
+    "ViTImageProcessor",
+    "DeiTImageProcessor",
+    "BeitImageProcessor",
+    "BitImageProcessor",
+    "CLIPImageProcessor",
+    "SiglipImageProcessor",
+    "Dinov2ImageProcessor",
+    "EfficientNetImageProcessor",
+    "MobileViTImageProcessor",
+    "SwinImageProcessor",
+    "RegNetImageProcessor",
+    "ResNetImageProcessor",
+    "ViTHybridImageProcessor",
+    "LevitImageProcessor",
+}
+
+
+def _derive_timm(cfg: dict[str, Any]) -> tuple[Geometry, Normalise] | None:
+    """timm's eval transform: Resize(floor(size / crop_pct)) short side, CenterCrop(size), ToTensor, Normalize."""
+    _, h, w = cfg["input_size"]
+    if cfg.get("crop_mode", "center") not in (None, "center") or h != w:
+        return None
+    resample = _resample_name(cfg.get("interpolation", "bilinear"))
+    if resample is None:
+        return None
+    crop_pct = cfg.get("crop_pct") or 0.875
+    scale_size = math.floor(h / crop_pct)
+    geometry = Geometry(None, scale_size, (h, w), resample, crop_round=True)
+    return geometry, Normalise(1 / 255, tuple(cfg["mean"]), tuple(cfg["std"]))  # type: ignore[arg-type]
+
+
+class Classifier:
+    """One loaded model on one device, with its preprocessing, ready to predict batches."""
+
+    def __init__(self, name: str, model: Any, processor: Any, settings: Settings) -> None:
+        import torch
+
+        self.name = name
+        self.processor = processor
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.top_k = settings.top_k
+        derived = derive_preprocessing(processor) if settings.fast_decode else None
+        self.geometry: Geometry | None = derived[0] if derived else None
+        norm = derived[1] if derived else None
+        model.eval()
+        model.to(device=self.device, dtype=self.dtype)
+        self.channels_last = settings.channels_last and _is_convolutional(model)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if settings.compile else model
+        id2label = getattr(model.config, "id2label", None) or {}
+        self.labels = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(_num_labels(model))]
+        if norm is not None:
+            mean = torch.tensor(norm.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(norm.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            self._mul = (norm.scale / std).contiguous()
+            self._add = (-mean / std).contiguous()
+
+    @property
+    def view(self) -> Geometry | str:
+        """What this model needs from a decoded image; models with equal views share one."""
+        return self.geometry if self.geometry is not None else f"exact:{self.name}"
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """A decoded RGB PIL image → this model's input: uint8 HWC (fast) or float32 CHW (exact)."""
+        from .images import fit
+
+        if self.geometry is not None:
+            return fit(image, self.geometry)
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixels.numpy().astype(np.float32, copy=False)
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        """Predict a stacked batch from :meth:`prepare`; one device→host copy."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            else:
+                x = x.to(self.device)
+            if x.dtype == torch.uint8:
+                x = x.permute(0, 3, 1, 2).float().mul_(self._mul).add_(self._add)  # NHWC → NCHW view
+            x = x.to(self.dtype)
+            x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+            logits = self.model(pixel_values=x).logits
+            probs = torch.softmax(logits.float(), dim=-1)
+            k = min(self.top_k, probs.shape[-1])
+            top = torch.topk(probs, k, dim=-1)
+            packed = torch.stack([top.values, top.indices.float()], dim=0).cpu().numpy()
+        out = []
+        for scores, indices in zip(packed[0], packed[1], strict=True):
+            top_k = [{"label": self.labels[int(i)], "score": float(s)} for s, i in zip(scores, indices, strict=True)]
+            out.append(Prediction(top_k[0]["label"], top_k[0]["score"], top_k))
+        return out
+
+    def input_shape(self) -> tuple[int, ...]:
+        if self.geometry is not None:
+            h, w = self.geometry.out_size
+            return (h, w, 3)
+        from PIL import Image
+
+        return self.prepare(Image.new("RGB", (256, 256))).shape
+
+    def warmup(self, batch_size: int) -> float:
+        """Run one batch of zeros (kernels, allocator, compile); returns seconds taken."""
+        start = time.perf_counter()
+        dtype = np.uint8 if self.geometry is not None else np.float32
+        self.predict(np.zeros((batch_size, *self.input_shape()), dtype=dtype))
+        return time.perf_counter() - start
+
+
+def _num_labels(model: Any) -> int:
+    n = getattr(model.config, "num_labels", None)
+    return int(n) if n else len(getattr(model.config, "id2label", {}) or {})
+
+
+def _is_convolutional(model: Any) -> bool:
+    import torch
+
+    convs = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return convs > 2  # a ViT has one (the patch embedding)
+
+
+def load_classifier(name: str, settings: Settings) -> Classifier:
+    """Load a classifier by hub id or local folder; UsageError when it cannot be had."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    start = time.perf_counter()
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(name)
+        processor = transformers.AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot load model {name!r}: {first}") from None
+    clf = Classifier(name, model, processor, settings)
+    logger.info(
+        "loaded %s on %s (%s, %s path) in %.1fs",
+        name,
+        clf.device,
+        str(clf.dtype).replace("torch.", ""),
+        "fast" if clf.geometry else "exact",
+        time.perf_counter() - start,
+    )
+    return clf

@@ -1,0 +1,339 @@
+"""Object stores: where image bytes come from.
+
+One small interface over a local folder and S3 (and S3-compatible stores such as
+MinIO and moto), plus manifests (a text file of URIs, one a line). Listing is lazy
+and paginated; every object is an :class:`ObjectRef` carrying its canonical URI,
+size and etag. A record's ``uri`` names the object the same way everywhere:
+``s3://bucket/key`` or ``file:///absolute/path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlparse
+
+from .config import Settings
+from .errors import AccessDenied, NotFound, StorageError, TooLarge, UsageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One object to label: canonical URI, size in bytes and etag (None when unknown)."""
+
+    uri: str
+    size: int | None = None
+    etag: str | None = None
+
+    def to_json(self) -> list[Any]:
+        """Compact JSON form used in Celery messages: ``[uri, size, etag]``."""
+        return [self.uri, self.size, self.etag]
+
+    @classmethod
+    def from_json(cls, value: Any) -> ObjectRef:
+        if isinstance(value, dict):
+            return cls(**value)
+        uri, size, etag = value
+        return cls(uri, size, etag)
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Store(Protocol):
+    """What the engine needs from a store."""
+
+    def fetch(self, ref: ObjectRef) -> bytes: ...
+
+
+# ----------------------------------------------------------------------------- local
+
+
+def file_uri(path: Path) -> str:
+    """Canonical ``file://`` URI of an absolute path."""
+    return "file://" + quote(str(path))
+
+
+def path_of(uri: str) -> Path:
+    """The local path a ``file://`` URI names."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise ValueError(f"not a file URI: {uri}")
+    return Path(unquote(parsed.path))
+
+
+def local_etag(stat: os.stat_result) -> str:
+    """A cheap change detector for local files: size and mtime in nanoseconds."""
+    return hashlib.blake2s(f"{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=8).hexdigest()
+
+
+class LocalStore:
+    """Files under one root folder; anything resolving outside it is refused."""
+
+    def __init__(self, root: Path | None, *, max_bytes: int) -> None:
+        self.root = root.resolve() if root is not None else None
+        self.max_bytes = max_bytes
+
+    def _resolve(self, uri: str) -> Path:
+        if self.root is None:
+            raise AccessDenied("local files are not enabled here: set LABELQ_LOCAL_ROOT to the folder workers may read")
+        raw = path_of(uri)
+        if not raw.is_absolute() or ".." in raw.parts:
+            raise AccessDenied(f"path escapes the storage root: {raw}")
+        path = raw.resolve()
+        if path != self.root and self.root not in path.parents:
+            raise AccessDenied(f"path is outside the storage root {self.root}: {raw}")
+        return path
+
+    def fetch(self, ref: ObjectRef) -> bytes:
+        path = self._resolve(ref.uri)
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise TooLarge(f"object is {size} bytes, over the limit of {self.max_bytes} (LABELQ_MAX_BYTES)")
+            with path.open("rb") as f:
+                data = f.read(self.max_bytes + 1)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {path}") from None
+        except PermissionError:
+            raise AccessDenied(f"permission denied: {path}") from None
+        except IsADirectoryError:
+            raise NotFound(f"is a directory: {path}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from None
+        if len(data) > self.max_bytes:
+            raise TooLarge(f"object is over the limit of {self.max_bytes} bytes (LABELQ_MAX_BYTES)")
+        return data
+
+    def list(self, folder: Path, suffixes: tuple[str, ...]) -> Iterator[ObjectRef]:
+        """Files under ``folder`` (recursively, sorted per directory, lazily) with a kept suffix."""
+        stack = [folder.resolve()]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError as exc:
+                logger.warning("cannot list %s: %s", current, exc)
+                continue
+            subdirs = []
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(Path(entry.path))
+                elif entry.is_file() and _kept(entry.name, suffixes):
+                    st = entry.stat()
+                    yield ObjectRef(file_uri(Path(entry.path)), st.st_size, local_etag(st))
+            stack.extend(reversed(subdirs))
+
+
+def _kept(name: str, suffixes: tuple[str, ...]) -> bool:
+    return not suffixes or name.lower().endswith(suffixes)
+
+
+# ----------------------------------------------------------------------------- S3
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → (bucket, key)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3://bucket/key URI: {uri}")
+    return parsed.netloc, unquote(parsed.path.lstrip("/"))
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{quote(key)}"
+
+
+_RETRYABLE_S3 = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling", "500", "502", "503", "504"}
+
+
+class S3Store:
+    """S3 through boto3: the usual credential chain, botocore's standard retries on top of ours."""
+
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self.max_bytes = settings.max_bytes
+        self.attempts = settings.s3_max_attempts
+        self.client = client if client is not None else make_s3_client(settings)
+
+    def fetch(self, ref: ObjectRef) -> bytes:
+        bucket, key = split_s3(ref.uri)
+        if ref.size is not None and ref.size > self.max_bytes:
+            raise TooLarge(f"object is {ref.size} bytes, over the limit of {self.max_bytes} (LABELQ_MAX_BYTES)")
+        return with_backoff(lambda: self._get(bucket, key), self.attempts, what=ref.uri)
+
+    def _get(self, bucket: str, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=bucket, Key=key)
+            length = resp.get("ContentLength")
+            if length is not None and length > self.max_bytes:
+                resp["Body"].close()
+                raise TooLarge(f"object is {length} bytes, over the limit of {self.max_bytes} (LABELQ_MAX_BYTES)")
+            data: bytes = resp["Body"].read(self.max_bytes + 1)
+            if len(data) > self.max_bytes:
+                raise TooLarge(f"object is over the limit of {self.max_bytes} bytes (LABELQ_MAX_BYTES)")
+            return data
+        except ClientError as exc:
+            raise s3_error(exc, f"s3://{bucket}/{key}") from None
+        except BotoCoreError as exc:
+            raise _Transient(f"s3://{bucket}/{key}: {exc}") from None
+
+    def list(self, bucket: str, prefix: str, suffixes: tuple[str, ...]) -> Iterator[ObjectRef]:
+        """Objects under the prefix, one page (1000 keys) at a time."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    if key.endswith("/") or not _kept(key, suffixes):
+                        continue
+                    yield ObjectRef(s3_uri(bucket, key), obj.get("Size"), obj.get("ETag", "").strip('"') or None)
+        except ClientError as exc:
+            err = s3_error(exc, f"s3://{bucket}/{prefix}")
+            raise UsageError(f"cannot list s3://{bucket}/{prefix}: {err}") from None
+        except BotoCoreError as exc:
+            raise UsageError(f"cannot reach S3 to list s3://{bucket}/{prefix}: {exc}") from None
+
+
+class _Transient(StorageError):
+    """A failure worth another try (5xx, throttling, timeouts, dropped connections)."""
+
+
+def s3_error(exc: Any, uri: str) -> Exception:
+    """Map a botocore ClientError to a typed error."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
+        return NotFound(f"{uri}: {code}")
+    if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return AccessDenied(f"{uri}: {code}")
+    if code in _RETRYABLE_S3 or (status is not None and status >= 500):
+        return _Transient(f"{uri}: {code or status}")
+    return StorageError(f"{uri}: {code or status}: {exc}")
+
+
+def with_backoff(call: Any, attempts: int, *, what: str, base: float = 0.1, cap: float = 5.0) -> Any:
+    """Run ``call``; on a transient error retry with exponential backoff and full jitter.
+
+    After ``attempts`` tries the last error is raised as a plain StorageError.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except _Transient as exc:
+            if attempt == attempts:
+                raise StorageError(f"{exc} (gave up after {attempts} attempts)") from None
+            delay = random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+            logger.info("transient storage error on %s (attempt %d/%d), retrying in %.2fs", what, attempt, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def make_s3_client(settings: Settings) -> Any:
+    """A thread-safe boto3 S3 client with timeouts, standard retries and a pool sized for the fetch threads."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        max_pool_connections=max(10, settings.fetch_threads),
+    )
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=config)
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+class Stores:
+    """Routes a ref to the store its URI scheme names; S3 client made on first use."""
+
+    def __init__(self, settings: Settings, *, local_root: Path | None = None, s3_client: Any = None) -> None:
+        self.settings = settings
+        self.local = LocalStore(local_root if local_root is not None else settings.local_root, max_bytes=settings.max_bytes)
+        self._s3_client = s3_client
+        self._s3: S3Store | None = None
+
+    @property
+    def s3(self) -> S3Store:
+        if self._s3 is None:
+            self._s3 = S3Store(self.settings, self._s3_client)
+        return self._s3
+
+    def fetch(self, ref: ObjectRef) -> bytes:
+        scheme = ref.uri.split("://", 1)[0]
+        if scheme == "s3":
+            return self.s3.fetch(ref)
+        if scheme == "file":
+            return self.local.fetch(ref)
+        raise AccessDenied(f"unsupported URI scheme {scheme!r}: {ref.uri}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the user named: a folder, an s3:// prefix or a manifest file."""
+
+    kind: str  # "folder" | "s3" | "manifest"
+    location: str
+    root: Path | None  # folder local files may be read from
+
+    def __str__(self) -> str:
+        return self.location
+
+
+def parse_source(text: str) -> Source:
+    """Interpret SOURCE; raises UsageError with a clear message when it cannot be used."""
+    if text.startswith("s3://"):
+        split_s3(text if "/" in text[5:] else text + "/")
+        return Source("s3", text, None)
+    if "://" in text and not text.startswith("file://"):
+        raise UsageError(f"unsupported source {text!r}: use s3://bucket/prefix, a folder or a manifest file")
+    path = path_of(text) if text.startswith("file://") else Path(text).expanduser()
+    if path.is_dir():
+        return Source("folder", str(path.resolve()), path.resolve())
+    if path.is_file():
+        return Source("manifest", str(path.resolve()), path.resolve().parent)
+    raise UsageError(f"source not found: {text} (expected a folder, a manifest file or s3://bucket/prefix)")
+
+
+def iter_source(source: Source, stores: Stores) -> Iterator[ObjectRef]:
+    """Lazily list the objects a source names, keeping the configured suffixes."""
+    suffixes = tuple(stores.settings.suffixes)
+    if source.kind == "folder":
+        yield from stores.local.list(Path(source.location), suffixes)
+    elif source.kind == "s3":
+        bucket, prefix = split_s3(source.location if "/" in source.location[5:] else source.location + "/")
+        yield from stores.s3.list(bucket, prefix, suffixes)
+    else:
+        yield from _manifest(Path(source.location))
+
+
+def _manifest(path: Path) -> Iterator[ObjectRef]:
+    """A text file of URIs (or paths relative to the manifest), one a line; # starts a comment."""
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if entry.startswith(("s3://", "file://")):
+                yield ObjectRef(entry)
+            elif "://" in entry:
+                raise UsageError(f"{path}: unsupported URI {entry!r} (use s3:// or file://)")
+            else:
+                local = Path(entry)
+                local = local if local.is_absolute() else path.parent / local
+                yield ObjectRef(file_uri(Path(os.path.abspath(local))))
