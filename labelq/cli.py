@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import Settings, load_settings
@@ -99,11 +100,11 @@ def print_summary(summary: Any, console: Console) -> None:
         f"in {summary.seconds:.1f}s: {summary.images_per_s:.1f} images/s"
     )
     for model, labels in summary.labels.items():
-        table = Table(title=f"{model}", title_justify="left")
+        table = Table(title=escape(model), title_justify="left")
         table.add_column("label")
         table.add_column("images", justify="right")
         for label, n in labels.most_common(10):
-            table.add_row(label, str(n))
+            table.add_row(escape(label), str(n))
         if len(labels) > 10:
             table.add_row(f"… {len(labels) - 10} more labels", str(sum(n for _, n in labels.most_common()[10:])))
         console.print(table)
@@ -118,6 +119,222 @@ def print_summary(summary: Any, console: Console) -> None:
         console.print(f"wrote {summary.out_file}")
 
 
+# ----------------------------------------------------------------------------- distributed
+
+
+def _services(settings: Settings) -> tuple[Any, Any]:
+    """The job book and the result store named by settings."""
+    from .jobs import JobBook
+    from .redis_store import RedisStore, connect
+    from .results import open_store
+
+    redis = connect(settings.jobs_redis)
+    book = JobBook(redis, ttl=settings.result_ttl)
+    store = RedisStore(redis, ttl=settings.result_ttl) if settings.results == settings.jobs_redis else open_store(
+        settings.results
+    )
+    return book, store
+
+
+@app.command()
+@clean_errors
+def worker(
+    devices: Annotated[str, typer.Option(help="auto (one process per GPU, else cpu), cpu, or GPU indices 0,1,...")] = "auto",
+    loglevel: Annotated[str, typer.Option(help="worker log level")] = "INFO",
+) -> None:
+    """Start Celery workers: one process per device, models loaded once per process."""
+    from .launcher import run_workers
+
+    settings = load_settings()
+    setup_logging(settings)
+    from .redis_store import connect
+
+    connect(settings.jobs_redis)  # fail fast, with one clear line, when Redis is down
+    raise typer.Exit(run_workers(devices, settings, loglevel=loglevel))
+
+
+@app.command()
+@clean_errors
+def enqueue(
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix, folder, or manifest file")],
+    model: ModelOpt = None,
+    job: Annotated[str | None, typer.Option(help="job name (its id); the same name again resumes the job")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="object refs per task (default LABELQ_CHUNK_SIZE)")] = None,
+    wait: Annotated[bool, typer.Option(help="show progress and return when every object has a record")] = False,
+    force: Annotated[bool, typer.Option(help="relabel objects that already have records")] = False,
+) -> None:
+    """List SOURCE and queue its images for the workers; prints the job id."""
+    from .producer import enqueue as do_enqueue
+    from .worker import make_app
+
+    settings = load_settings(models=model or None, chunk_size=chunk_size)
+    setup_logging(settings, quiet=True)
+    book, store = _services(settings)
+    result = do_enqueue(source, settings, app=make_app(settings), book=book, store=store, job=job, force=force)
+    err.print(
+        f"job {result.job}: listed {result.listed}, enqueued {result.enqueued} in {result.chunks} chunks, "
+        f"skipped {result.skipped} already labelled"
+        + (f" (resumed after {result.resumed_from})" if result.resumed_from else ""),
+        highlight=False,
+    )
+    out.print(result.job, highlight=False)
+    if wait:
+        info = follow(book, result.job)
+        raise typer.Exit(0 if info is not None and info.done else 1)
+
+
+def follow(book: Any, job: str, *, poll: float = 0.5) -> Any:
+    """A live progress bar until the job is done: done, failed, total, rate, ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    info = book.info(job)
+    if info is None:
+        raise UsageError(f"no such job: {job}")
+    with Progress(
+        TextColumn(f"[bold]{job}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+        n_models = max(1, len(info.models))
+        task = bar.add_task("job", total=info.total, failed=0, rate="")
+        start, first = time.monotonic(), info.processed
+        while True:
+            info = book.info(job)
+            if info is None:
+                raise UsageError(f"job {job} disappeared (expired?)")
+            rate = (info.processed - first) / n_models / max(time.monotonic() - start, 1e-9)
+            bar.update(task, completed=info.processed // n_models, total=info.total, failed=info.error // n_models,
+                       rate=f"{rate:.1f} img/s")
+            if info.done:
+                break
+            time.sleep(poll)
+    return info
+
+
+@app.command()
+@clean_errors
+def status(
+    job: Annotated[str, typer.Argument(help="job id")],
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="show live progress until done")] = False,
+    errors: Annotated[bool, typer.Option("--errors", help="list failed objects by error kind")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Totals of a job: state, listed, done, failed (by kind), rate."""
+    import json
+
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, store = _services(settings)
+    if follow_:
+        follow(book, job)
+    info = book.info(job)
+    if info is None:
+        raise UsageError(f"no such job: {job}")
+    if as_json:
+        out.print_json(json.dumps(info.to_dict()))
+    else:
+        print_job(info)
+    if errors:
+        print_errors(book, store, job)
+
+
+def print_job(info: Any) -> None:
+    table = Table(title=f"job {info.id}", title_justify="left", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    n_models = max(1, len(info.models))
+    rows = [
+        ("state", info.state),
+        ("source", info.source),
+        ("models", ", ".join(info.models)),
+        ("created", info.created_at),
+        ("finished", info.finished_at or "-"),
+        ("objects listed", str(info.listed) + ("" if info.total is not None else " (listing)")),
+        ("total", "-" if info.total is None else str(info.total)),
+        ("skipped (already labelled)", str(info.skipped)),
+        ("records ok", str(info.ok)),
+        ("records failed", str(info.error)),
+        ("objects done", f"{info.processed // n_models}"),
+    ]
+    for kind, n in sorted(info.errors.items()):
+        rows.append((f"  {kind}", str(n)))
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    out.print(table)
+
+
+def print_errors(book: Any, store: Any, job: str, limit: int = 20) -> None:
+    """The job's dead letters: failed objects grouped by kind, with their messages."""
+    from .redis_store import job_records
+
+    by_kind: dict[str, list[Any]] = {}
+    for rec in job_records(book, store, job):
+        if not rec.ok:
+            by_kind.setdefault(rec.error_kind or "?", []).append(rec)
+    if not by_kind:
+        out.print("no failures")
+        return
+    for kind, recs in sorted(by_kind.items()):
+        out.print(f"[bold]{kind}[/bold] ({len(recs)})", highlight=False)
+        for rec in recs[:limit]:
+            out.print(f"  {rec.uri}  [{rec.model}]  {rec.error}", markup=False, highlight=False, soft_wrap=True)
+        if len(recs) > limit:
+            out.print(f"  … {len(recs) - limit} more")
+
+
+@app.command()
+@clean_errors
+def export(
+    job: Annotated[str, typer.Argument(help="job id")],
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet (default: from -o, else jsonl)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default stdout for jsonl/csv)")] = None,
+) -> None:
+    """Stream a job's records (one per image and model) to JSONL, CSV or Parquet."""
+    from .records import RecordWriter, format_for
+    from .redis_store import job_records
+
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, store = _services(settings)
+    if book.info(job) is None:
+        raise UsageError(f"no such job: {job}")
+    kind = format_for(output, fmt) if output else (fmt or "jsonl")
+    if kind == "parquet" and output is None:
+        raise UsageError("parquet needs a file: add -o FILE.parquet")
+    with RecordWriter(output if output else sys.stdout, format_for("x." + kind)) as writer:
+        writer.write(job_records(book, store, job))
+    if output:
+        err.print(f"wrote {writer.count} records to {output}")
+
+
+@app.command()
+@clean_errors
+def jobs(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20) -> None:
+    """Recent jobs and their state."""
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, _ = _services(settings)
+    table = Table()
+    for col in ("job", "state", "total", "ok", "failed", "models", "created"):
+        table.add_column(col)
+    for info in book.jobs(limit):
+        table.add_row(escape(info.id), info.state, "-" if info.total is None else str(info.total), str(info.ok),
+                      str(info.error), escape(", ".join(info.models)), info.created_at)
+    out.print(table)
+
+
 def main() -> None:
     app()
 
@@ -125,4 +342,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["app", "main", "time"]

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     results_url: str | None = Field(
         None, description="Result store for distributed jobs: redis://, postgresql://, sqlite://; default: the broker's Redis"
     )
+    redis_url: str | None = Field(
+        None, description="Redis for job state; default: results_url or broker_url when they are Redis"
+    )
     db_url: str = Field("sqlite:///labelq.db", description="SQL result table of `labelq run`")
     result_ttl: int = Field(30 * 24 * 3600, ge=0, description="seconds Redis keeps records and job state; 0 keeps them forever")
 
@@ -127,13 +130,17 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def results(self) -> str:
-        """The distributed result store's URL (the broker's Redis unless set)."""
-        if self.results_url:
-            return self.results_url
-        if self.broker_url.startswith(("redis://", "rediss://")):
-            return self.broker_url
+    def jobs_redis(self) -> str:
+        """The Redis that holds job state (and records, unless results_url names SQL)."""
+        for url in (self.redis_url, self.results_url, self.broker_url):
+            if url and url.startswith(("redis://", "rediss://", "unix://")):
+                return url
         return "redis://localhost:6379/0"
+
+    @property
+    def results(self) -> str:
+        """The distributed result store's URL (the job Redis unless set)."""
+        return self.results_url or self.jobs_redis
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -80,20 +80,24 @@ class Engine:
         worker: str | None = None,
         observe: Observer | None = None,
     ) -> None:
-        if not classifiers:
-            raise ValueError("the engine needs at least one classifier")
-        self.classifiers = list(classifiers)
         self.store = store
         self.settings = settings
         self.worker = worker
         self.observe = observe
         self.limits = Limits(settings.max_bytes, settings.max_pixels, frozenset(settings.formats))
-        self.views: list[Any] = list(dict.fromkeys(c.view for c in self.classifiers))
-        self._fast_geometries = [v for v in self.views if isinstance(v, Geometry)]
-        self._preparer = {c.view: c for c in self.classifiers}
+        self.use(classifiers)
         self._fetch_pool = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="labelq-fetch")
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="labelq-decode")
         self.stats = Stats()
+
+    def use(self, classifiers: Sequence[Classifier]) -> None:
+        """Set the classifiers the next runs label with (a worker switches per chunk)."""
+        if not classifiers:
+            raise ValueError("the engine needs at least one classifier")
+        self.classifiers = list(classifiers)
+        self.views: list[Any] = list(dict.fromkeys(c.view for c in self.classifiers))
+        self._fast_geometries = [v for v in self.views if isinstance(v, Geometry)]
+        self._preparer = {c.view: c for c in self.classifiers}
 
     # ------------------------------------------------------------------ stages
 

@@ -136,6 +136,15 @@ class SQLStore:
             for row in result:
                 yield Record.from_dict(dict(row._mapping))
 
+    def get_many(self, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """Stored records of one model for these URIs."""
+        import sqlalchemy as sa
+
+        t = self.table
+        query = sa.select(*[t.c[name] for name in FIELDS]).where(t.c.model == model, t.c.uri.in_(list(uris)))
+        with self.engine.connect() as conn:
+            return {row.uri: Record.from_dict(dict(row._mapping)) for row in conn.execute(query)}
+
     def count(self, job: str | None = None) -> int:
         import sqlalchemy as sa
 

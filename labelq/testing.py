@@ -24,6 +24,7 @@ import json
 import logging
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,9 @@ def timm_hub_config(model: Any, arch: str, tag: str | None, num_classes: int) ->
 
     source = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
     cfg = source.to_dict() if source is not None else dict(model.pretrained_cfg)
-    pretrained_cfg = {k: v for k, v in cfg.items() if k not in _TIMM_CFG_DROP and (v is not None or k in ("pool_size",))}
+    pretrained_cfg = {
+        k: v for k, v in cfg.items() if k not in _TIMM_CFG_DROP and (v is not None or k in ("pool_size",))
+    }
     pretrained_cfg = json.loads(json.dumps(pretrained_cfg))  # tuples -> lists, as on the hub
     pretrained_cfg["num_classes"] = num_classes
     return {
@@ -285,6 +288,24 @@ def _broken_files(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
         "ppm_content.jpg": (_encode(_rgb(rng, (64, 48)), "PPM"), "unsupported"),
         "bomb.png": (bomb_png(), "decompression_bomb"),
     }
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A folder written by :func:`make_corpus` and its ``{filename: expected}``."""
+
+    folder: Path
+    expected: dict[str, str]
+
+    @property
+    def valid(self) -> list[str]:
+        """Names of the files that must be labelled."""
+        return sorted(name for name, outcome in self.expected.items() if outcome == "ok")
+
+    @property
+    def broken(self) -> dict[str, str]:
+        """``{filename: error_kind}`` of the files that must become error records."""
+        return {name: outcome for name, outcome in sorted(self.expected.items()) if outcome != "ok"}
 
 
 def make_corpus(folder: str | Path, *, seed: int = 0) -> dict[str, str]:
