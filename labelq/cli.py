@@ -141,6 +141,7 @@ def _services(settings: Settings) -> tuple[Any, Any]:
 def worker(
     devices: Annotated[str, typer.Option(help="auto (one process per GPU, else cpu), cpu, or GPU indices 0,1,...")] = "auto",
     loglevel: Annotated[str, typer.Option(help="worker log level")] = "INFO",
+    name: Annotated[str | None, typer.Option(help="node name prefix (default cpu / gpuN); distinct per worker on a host")] = None,
 ) -> None:
     """Start Celery workers: one process per device, models loaded once per process."""
     from .launcher import run_workers
@@ -150,7 +151,7 @@ def worker(
     from .redis_store import connect
 
     connect(settings.jobs_redis)  # fail fast, with one clear line, when Redis is down
-    raise typer.Exit(run_workers(devices, settings, loglevel=loglevel))
+    raise typer.Exit(run_workers(devices, settings, loglevel=loglevel, name=name))
 
 
 @app.command()
@@ -321,6 +322,26 @@ def export(
 
 @app.command()
 @clean_errors
+def retry(
+    job: Annotated[str, typer.Argument(help="job id")],
+    wait: Annotated[bool, typer.Option(help="show progress and return when the retried objects are done")] = False,
+) -> None:
+    """Re-enqueue a job's objects that failed with a retryable kind (storage_error, model_error)."""
+    from .producer import retry as do_retry
+    from .worker import make_app
+
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, store = _services(settings)
+    n = do_retry(job, settings, app=make_app(settings), book=book, store=store)
+    err.print(f"job {job}: re-enqueued {n} objects with retryable errors", highlight=False)
+    if wait and n:
+        info = follow(book, job)
+        raise typer.Exit(0 if info is not None and info.done else 1)
+
+
+@app.command()
+@clean_errors
 def jobs(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20) -> None:
     """Recent jobs and their state."""
     settings = load_settings()
@@ -333,6 +354,30 @@ def jobs(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20
         table.add_row(escape(info.id), info.state, "-" if info.total is None else str(info.total), str(info.ok),
                       str(info.error), escape(", ".join(info.models)), info.created_at)
     out.print(table)
+
+
+@app.command()
+@clean_errors
+def ping(
+    source: Annotated[str | None, typer.Option(help="also check this source can be listed")] = None,
+    workers: Annotated[bool, typer.Option(help="require at least one worker to answer")] = True,
+    node: Annotated[str | None, typer.Option(help="require this worker node (e.g. gpu0@host) to answer")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for workers")] = 3.0,
+) -> None:
+    """Check broker, job Redis, result store, storage and workers; non-zero exit if any is down."""
+    from .health import ping as do_ping
+
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    checks, replies = do_ping(settings, source=source, workers=workers or node is not None, node=node, timeout=timeout)
+    for check in checks:
+        mark = "[green]ok[/green]  " if check.ok else "[red]DOWN[/red]"
+        out.print(f"{mark} {check.name}: {escape(check.detail)}", highlight=False, soft_wrap=True)
+    for name, info in sorted(replies.items()):
+        models = ", ".join(info.get("models", [])) or "(none loaded)"
+        out.print(f"     {escape(name)}: device {info.get('device')}, models {escape(models)}", highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -72,6 +72,28 @@ return redis.call('HGET', KEYS[1], 'state')
 """
 
 
+# KEYS: job, items, errors. ARGV: item fields to forget (their objects are being retried).
+_UNMARK_LUA = """
+local dok, derr, n = 0, 0, 0
+for i = 1, #ARGV do
+  local old = redis.call('HGET', KEYS[2], ARGV[i])
+  if old then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    n = n + 1
+    if string.sub(old, 1, 1) == 'o' then dok = dok - 1
+    else derr = derr - 1; redis.call('HINCRBY', KEYS[3], string.sub(old, 3), -1) end
+  end
+end
+redis.call('HINCRBY', KEYS[1], 'ok', dok)
+redis.call('HINCRBY', KEYS[1], 'error', derr)
+if n > 0 then
+  redis.call('HSET', KEYS[1], 'state', 'running')
+  redis.call('HDEL', KEYS[1], 'finished_at')
+end
+return n
+"""
+
+
 def status_code(rec: Record) -> str:
     """What a job's item field holds: ``o`` or ``e:<kind>``."""
     return "o" if rec.ok else f"e:{rec.error_kind}"
@@ -154,6 +176,7 @@ class JobBook:
         self.ttl = ttl
         self._record = redis.register_script(_RECORD_LUA)
         self._finish = redis.register_script(_FINISH_LISTING_LUA)
+        self._unmark = redis.register_script(_UNMARK_LUA)
 
     # ---------------------------------------------------------------- producer side
 
@@ -188,7 +211,7 @@ class JobBook:
             pipe.hincrby(key, "skipped", skipped)
         if chunk_id:
             pipe.hincrby(key, "chunks", 1)
-            pipe.zadd(keys.job_chunks(job_id), {chunk_id: time.time()})
+            pipe.zadd(keys.CHUNKS, {chunk_id: time.time()})
         pipe.execute()
 
     def finish_listing(self, job_id: str, total: int, n_models: int) -> str:
@@ -217,6 +240,13 @@ class JobBook:
         job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
         nok, nerr = self._record(keys=job_keys + [keys.records(m) for m in models], args=args)
         return int(nok), int(nerr)
+
+    def forget(self, job_id: str, items: Sequence[tuple[str, str]]) -> int:
+        """Take (model, uri) items out of the job's counts so they can be labelled again."""
+        fields = [keys.item_field(model, uri) for model, uri in items]
+        if not fields:
+            return 0
+        return int(self._unmark(keys=[keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)], args=fields))
 
     # ---------------------------------------------------------------- readers
 
@@ -249,12 +279,15 @@ class JobBook:
 
     def started(self, job_id: str, chunk_id: str) -> None:
         """A worker took the chunk: it no longer waits."""
-        self.redis.zrem(keys.job_chunks(job_id), chunk_id)
+        self.redis.zrem(keys.CHUNKS, chunk_id)
 
-    def oldest_waiting(self, job_id: str) -> float | None:
-        """Age in seconds of the oldest enqueued chunk not yet written, if any."""
-        first = self.redis.zrange(keys.job_chunks(job_id), 0, 0, withscores=True)
-        return time.time() - first[0][1] if first else None
+    def oldest_waiting(self) -> tuple[float | None, int]:
+        """Age in seconds of the oldest enqueued chunk no worker has started, and how many wait."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(keys.CHUNKS, 0, 0, withscores=True)
+        pipe.zcard(keys.CHUNKS)
+        first, waiting = pipe.execute()
+        return (time.time() - first[0][1] if first else None), int(waiting)
 
     def _expire(self, key: str) -> None:
         if self.ttl:

@@ -17,8 +17,8 @@ key                                       type    holds
                                                   a chunk is redelivered; export streams it (HSCAN)
 ``labelq:job:{job}:errors``               hash    error kind → count
 ``labelq:jobs``                           zset    job id → created time (unix seconds)
-``labelq:chunks:{job}``                   zset    chunk id → enqueue time, removed when the chunk is
-                                                  written; the oldest waiting chunk's age (metrics)
+``labelq:chunks``                         zset    chunk id (``{job}:{n}``) → enqueue time, removed when
+                                                  a worker starts it: the oldest waiting chunk's age
 ``labelq:events``                         stream  object-created events for moderation (notify)
 ========================================  ======  ==================================================
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 PREFIX = "labelq:"
 JOBS = PREFIX + "jobs"
 EVENTS = PREFIX + "events"
+CHUNKS = PREFIX + "chunks"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
 
 
@@ -48,10 +49,6 @@ def job_items(job_id: str) -> str:
 
 def job_errors(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:errors"
-
-
-def job_chunks(job_id: str) -> str:
-    return f"{PREFIX}chunks:{job_id}"
 
 
 def item_field(model: str, uri: str) -> str:

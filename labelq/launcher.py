@@ -75,9 +75,15 @@ def child_command(slot: Slot, settings: Settings, loglevel: str) -> list[str]:
     ]
 
 
-def run_workers(devices: str, settings: Settings, *, loglevel: str = "INFO") -> int:
-    """Start one child per slot and wait; restart none (a supervisor above us does that)."""
+def run_workers(devices: str, settings: Settings, *, loglevel: str = "INFO", name: str | None = None) -> int:
+    """Start one child per slot and wait; restart none (a supervisor above us does that).
+
+    ``name`` replaces the node name prefix (``cpu``, ``gpu0``): several workers on one
+    host need distinct names (``--name cpu2``; with several devices ``NAME-gpu0``, ...).
+    """
     slots = plan(devices)
+    if name:
+        slots = [Slot(name if len(slots) == 1 else f"{name}-{s.name}", s.device, s.visible) for s in slots]
     children: list[tuple[Slot, subprocess.Popen[bytes]]] = []
     for slot in slots:
         env = dict(os.environ)

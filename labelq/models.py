@@ -240,12 +240,22 @@ class Classifier:
 
         return self.prepare(Image.new("RGB", (256, 256))).shape
 
+    seconds_per_image: float = 0.0  # measured by warmup(): steady-state model time per image
+
     def warmup(self, batch_size: int) -> float:
-        """Run one batch of zeros (kernels, allocator, compile); returns seconds taken."""
-        start = time.perf_counter()
+        """Run batches of zeros (kernels, allocator, compile); returns seconds of the first.
+
+        The second batch's time per image is kept as ``seconds_per_image``.
+        """
         dtype = np.uint8 if self.geometry is not None else np.float32
-        self.predict(np.zeros((batch_size, *self.input_shape()), dtype=dtype))
-        return time.perf_counter() - start
+        batch = np.zeros((batch_size, *self.input_shape()), dtype=dtype)
+        start = time.perf_counter()
+        self.predict(batch)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        self.predict(batch)
+        self.seconds_per_image = (time.perf_counter() - start) / batch_size
+        return first
 
 
 def _num_labels(model: Any) -> int:

@@ -10,13 +10,14 @@ the job's total is recorded when listing ends.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from .config import Settings, redact
-from .errors import UsageError
+from .errors import RETRYABLE_KINDS, UsageError
 from .jobs import JobBook, JobInfo, new_job_id
 from .records import Record
 from .results import is_final
@@ -101,6 +102,34 @@ def enqueue(
     state = book.finish_listing(job_id, listed, len(models))
     logger.info("job %s: listed %d, enqueued %d in %d chunks, skipped %d", job_id, listed, sent, chunks, skipped)
     return EnqueueResult(job_id, listed, sent, skipped, chunks, resume_from, state)
+
+
+def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: Any,
+          kinds: Sequence[str] = tuple(sorted(RETRYABLE_KINDS))) -> int:
+    """Re-enqueue the job's objects whose records failed with a retryable kind; returns how many."""
+    info = book.info(job_id)
+    if info is None:
+        raise UsageError(f"no such job: {job_id}")
+    wanted = {f"e:{k}" for k in kinds}
+    failed: dict[str, ObjectRef] = {}
+    for page in book.items(job_id):
+        uris = [(model, uri) for model, uri, st in page if st in wanted]
+        by_model: dict[str, list[str]] = {}
+        for model, uri in uris:
+            by_model.setdefault(model, []).append(uri)
+        for model, group in by_model.items():
+            for uri, rec in store.get_many(model, group).items():
+                failed.setdefault(uri, ObjectRef(uri, None, rec.etag))
+    if not failed:
+        return 0
+    refs = list(failed.values())
+    # The whole object is relabelled with every model of the job (one decode serves them all).
+    book.forget(job_id, [(m, r.uri) for r in refs for m in info.models])
+    for n, start in enumerate(range(0, len(refs), settings.chunk_size)):
+        publish(app, settings, job_id, refs[start : start + settings.chunk_size], info.models,
+                f"{job_id}:retry-{int(time.time())}-{n}")
+    logger.info("job %s: re-enqueued %d objects with retryable errors", job_id, len(refs))
+    return len(refs)
 
 
 def publish(app: Any, settings: Settings, job: str, refs: Sequence[ObjectRef], models: Sequence[str],

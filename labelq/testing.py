@@ -34,10 +34,20 @@ from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 VIT_LABELS = {0: "normal", 1: "nsfw"}
-VIT_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-VIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+VIT_TINY: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+VIT_BASE: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
 # preprocessor_config.json of Falconsai/nsfw_image_detection, key for key.
-VIT_PROCESSOR = {
+VIT_PROCESSOR: dict[str, Any] = {
     "do_resize": True,
     "size": {"height": 224, "width": 224},
     "resample": 2,
@@ -53,7 +63,7 @@ TIMM_TAG = "lamb_in1k"
 # Keys of timm's pretrained_cfg that its hub export drops (download sources) or moves to the root.
 _TIMM_CFG_DROP = {"url", "file", "hf_hub_id", "hf_hub_filename", "source", "architecture", "state_dict"}
 
-# Side of the decompression-bomb PNG: 144 Mpx declared in a file of ~20 KB.
+# Side of the decompression-bomb PNG: 144 Mpx declared in a file of ~18 KB.
 BOMB_SIDE = 12_000
 # A max_pixels under which every corpus expectation holds: the largest valid image
 # (1920x1080) fits, and the bomb is more than twice over it.
@@ -67,7 +77,7 @@ def build_vit(path: str | Path, *, tiny: bool = True, seed: int = 0) -> Path:
     """Write a random-init ViT classifier laid out like ``Falconsai/nsfw_image_detection``.
 
     ``tiny=True`` gives a 2-layer, 32-wide ViT at 224 px with 16 px patches (about
-    0.1 MB, built in well under a second); ``tiny=False`` the real ViT-B/16 geometry
+    0.2 MB, built in well under a second); ``tiny=False`` the real ViT-B/16 geometry
     (86 M parameters, ~350 MB on disk) for benchmarks. Weights depend only on ``seed``.
     Returns ``path``.
     """
@@ -120,7 +130,12 @@ def timm_hub_config(model: Any, arch: str, tag: str | None, num_classes: int) ->
     """
     from timm.models import get_pretrained_cfg
 
-    source = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    if tag is None and arch == TIMM_ARCH:
+        tag = TIMM_TAG
+    try:
+        source = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    except RuntimeError:  # a tag this arch lacks: its default config
+        source = None
     cfg = source.to_dict() if source is not None else dict(model.pretrained_cfg)
     pretrained_cfg = {
         k: v for k, v in cfg.items() if k not in _TIMM_CFG_DROP and (v is not None or k in ("pool_size",))
@@ -131,14 +146,13 @@ def timm_hub_config(model: Any, arch: str, tag: str | None, num_classes: int) ->
         "architecture": arch,
         "num_classes": num_classes,
         "num_features": int(model.num_features),
-        "global_pool": "avg",
         "pretrained_cfg": pretrained_cfg,
         "label_names": timm_label_names(num_classes),
     }
 
 
 def build_timm(
-    path: str | Path, *, arch: str = TIMM_ARCH, num_classes: int = 1000, tag: str | None = TIMM_TAG, seed: int = 0
+    path: str | Path, *, arch: str = TIMM_ARCH, num_classes: int = 1000, tag: str | None = None, seed: int = 0
 ) -> Path:
     """Write a random-init timm classifier in the hub layout of ``timm/<arch>.<tag>``.
 
@@ -146,8 +160,8 @@ def build_timm(
     ``model.safetensors`` with timm's own state-dict keys, and loads offline with
     ``AutoModelForImageClassification`` (as ``TimmWrapperForImageClassification``,
     ``id2label`` from ``label_names``) and ``AutoImageProcessor`` (as
-    ``TimmWrapperImageProcessor``). Pass ``tag=None`` for an ``arch`` other than
-    the default to take timm's default pretrained config. Returns ``path``.
+    ``TimmWrapperImageProcessor``). ``tag`` picks timm's pretrained config
+    (default: ``lamb_in1k`` for the default arch, else the arch's default tag). Returns ``path``.
     """
     import timm
     import torch
@@ -315,7 +329,7 @@ def make_corpus(folder: str | Path, *, seed: int = 0) -> dict[str, str]:
     mode, EXIF rotation, 1x1, 4000x10, 1920x1080) and an error kind for the 6
     broken files: ``not_an_image`` (empty, random bytes, HTML named .png),
     ``corrupt`` (a JPEG cut at 40 %), ``unsupported`` (PPM named .jpg) and
-    ``decompression_bomb`` (a 12000x12000 PNG of ~20 KB). The expectations hold
+    ``decompression_bomb`` (a 12000x12000 PNG of ~18 KB). The expectations hold
     for settings whose ``max_pixels`` is at least 1920x1080 and under half of
     12000x12000: :data:`CORPUS_MAX_PIXELS` is one such value (the default of
     100 M px is not). Deterministic for a given ``seed``.

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker.control import inspect_command
 
 from .config import Settings, load_settings, redact
 
@@ -40,11 +41,7 @@ def make_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=settings.queue,
-        task_default_priority=5,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            "queue_order_strategy": "priority",
-        },
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_heartbeat=0 if settings.broker_url.startswith("amqp") else None,
@@ -76,10 +73,21 @@ class Runtime:
             logger.warning("results_url is a second Redis; records go to the job Redis %s", redact(settings.jobs_redis))
         self.classifiers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.metrics = None
+        if settings.metrics_port:
+            from .metrics import Metrics
+
+            self.metrics = Metrics()
+            broker = connect(settings.broker_url) if settings.broker_url.startswith(("redis", "rediss")) else None
+            if broker is not None:
+                self.metrics.watch_queue(broker, [settings.queue], self.book)
+            self.metrics.serve(settings.metrics_port)
         self.engine: Engine | None = None  # made with the first chunk's classifiers
         self._stores = Stores(settings)
         for model in settings.models:
             self.classifier(model)
+        if self.classifiers:
+            check_visibility(settings, sum(c.seconds_per_image for c in self.classifiers.values()))
 
     def classifier(self, name: str) -> Any:
         """A loaded classifier; loaded (and warmed up) on first use, then kept."""
@@ -88,8 +96,11 @@ class Runtime:
         with self._lock:
             clf = self.classifiers.get(name)
             if clf is None:
+                start = time.perf_counter()
                 clf = load_classifier(name, self.settings)
                 seconds = clf.warmup(min(self.settings.batch_size, 8))
+                if self.metrics is not None:
+                    self.metrics.model_load.labels(name).set(time.perf_counter() - start)
                 logger.info("%s: %s ready (warm-up batch %.2fs)", self.name, name, seconds)
                 self.classifiers[name] = clf
             return clf
@@ -101,19 +112,52 @@ class Runtime:
 
         classifiers = [self.classifier(m) for m in models]
         if self.engine is None:
-            self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name)
+            observe = self.metrics.observe_stage if self.metrics is not None else None
+            self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name, observe=observe)
         self.engine.use(classifiers)
         images = written = 0
+        start = time.perf_counter()
         for records in self.engine.run((ObjectRef.from_json(r) for r in refs), job=job):
             self.write(job, records)
             images += len(records) // len(classifiers)
             written += len(records)
+        seconds = time.perf_counter() - start
+        if self.settings.broker_url.startswith(("redis", "rediss")) and seconds > self.settings.visibility_timeout / 2:
+            logger.warning(
+                "a chunk of %d images took %.0fs, over half of visibility_timeout (%ds): chunks still in progress "
+                "may be redelivered to another worker; raise LABELQ_VISIBILITY_TIMEOUT or lower LABELQ_CHUNK_SIZE",
+                len(refs), seconds, self.settings.visibility_timeout,
+            )
         return images, written
 
     def write(self, job: str, records: list[Any]) -> None:
+        """One batch's records: one Lua call (Redis store), or one SQL upsert + one Lua call."""
+        start = time.perf_counter()
         if self.sql is not None:
             self.sql.write(records)
         self.book.record(job, records, bodies=self.sql is None)
+        if self.metrics is not None:
+            self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
+            self.metrics.observe_records(records)
+
+
+def check_visibility(settings: Settings, model_seconds_per_image: float) -> float:
+    """Warn when chunks could outlive the Redis visibility timeout; returns the expected chunk seconds.
+
+    With the Redis broker an unacknowledged chunk is handed to another worker after
+    ``visibility_timeout`` seconds, even while the first is still working on it. The
+    estimate is the models' warm-up time per image plus a decode allowance, for a full
+    chunk; we want it well under half the timeout.
+    """
+    decode_allowance = 0.02  # seconds per image for fetch + decode on one core (measured ~6-26 ms)
+    expected = settings.chunk_size * (model_seconds_per_image + decode_allowance)
+    if settings.broker_url.startswith(("redis", "rediss")) and expected > settings.visibility_timeout / 2:
+        logger.warning(
+            "visibility_timeout is %ds but a chunk of %d images is expected to take about %.0fs: chunks may be "
+            "redelivered while still in progress; set LABELQ_VISIBILITY_TIMEOUT above %.0f or lower LABELQ_CHUNK_SIZE",
+            settings.visibility_timeout, settings.chunk_size, expected, 2 * expected,
+        )
+    return expected
 
 
 _runtime: Runtime | None = None
@@ -138,6 +182,8 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
     start = time.perf_counter()
     images, records = rt.label(job, refs, models)
     seconds = time.perf_counter() - start
+    if rt.metrics is not None:
+        rt.metrics.chunks.inc()
     logger.info("job %s chunk %s: %d images, %d records in %.2fs", job, chunk, images, records, seconds)
     return {"images": images, "records": records, "seconds": round(seconds, 3)}
 
@@ -167,3 +213,14 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
 
 app = make_app(load_settings())
+
+
+@inspect_command()
+def labelq_info(state: Any) -> dict[str, Any]:
+    """Remote-control answer for `labelq ping`: this worker's device and loaded models."""
+    rt = _runtime
+    if rt is None:
+        return {"device": None, "models": [], "ready": False}
+    models = {name: str(clf.device) for name, clf in rt.classifiers.items()}
+    devices = sorted(set(models.values()))
+    return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True}

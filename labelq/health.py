@@ -1,0 +1,97 @@
+"""`labelq ping`: is everything a job needs reachable, and which workers are up?"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings, redact
+from .errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_broker(settings: Settings, app: Any) -> Check:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+        return Check("broker", True, redact(settings.broker_url))
+    except Exception as exc:  # noqa: BLE001 - any failure is "down"
+        return Check("broker", False, f"{redact(settings.broker_url)}: {exc}")
+
+
+def check_redis(settings: Settings) -> Check:
+    from .redis_store import connect
+
+    try:
+        client = connect(settings.jobs_redis, check=False)
+        client.ping()
+        return Check("job state (redis)", True, redact(settings.jobs_redis))
+    except Exception as exc:  # noqa: BLE001
+        return Check("job state (redis)", False, f"{redact(settings.jobs_redis)}: {exc}")
+
+
+def check_results(settings: Settings) -> Check | None:
+    """The record store, when it is not the job Redis already checked."""
+    url = settings.results
+    if url == settings.jobs_redis:
+        return None
+    try:
+        from .results import open_store
+
+        store = open_store(url)
+        store.close()
+        return Check("results", True, redact(url))
+    except (UsageError, Exception) as exc:  # noqa: BLE001
+        return Check("results", False, f"{redact(url)}: {exc}")
+
+
+def check_storage(settings: Settings, source: str | None) -> Check | None:
+    """With a source: list one object of it. Without: reach the S3 endpoint if one is set."""
+    from .storage import Stores, iter_source, parse_source
+
+    try:
+        if source:
+            src = parse_source(source)
+            next(iter(iter_source(src, Stores(settings, local_root=src.root))), None)
+            return Check("storage", True, source)
+        if settings.s3_endpoint_url:
+            Stores(settings).s3.client.list_buckets()
+            return Check("storage", True, settings.s3_endpoint_url)
+    except Exception as exc:  # noqa: BLE001
+        return Check("storage", False, f"{source or settings.s3_endpoint_url}: {exc}")
+    return None
+
+
+def check_workers(app: Any, timeout: float, node: str | None = None) -> tuple[Check, dict[str, Any]]:
+    try:
+        answers = app.control.broadcast("labelq_info", reply=True, timeout=timeout,
+                                        destination=[node] if node else None) or []
+    except Exception as exc:  # noqa: BLE001
+        return Check("workers", False, str(exc)), {}
+    replies = {name: info for answer in answers for name, info in answer.items()}
+    if not replies:
+        return Check("workers", False, f"no worker answered within {timeout:g}s" + (f" ({node})" if node else "")), {}
+    return Check("workers", True, f"{len(replies)} answering"), replies
+
+
+def ping(settings: Settings, *, source: str | None = None, workers: bool = True, node: str | None = None,
+         timeout: float = 3.0) -> tuple[list[Check], dict[str, Any]]:
+    from .worker import make_app
+
+    app = make_app(settings)
+    optional = [check_results(settings), check_storage(settings, source)]
+    checks = [check_broker(settings, app), check_redis(settings)] + [c for c in optional if c is not None]
+    replies: dict[str, Any] = {}
+    if workers:
+        check, replies = check_workers(app, timeout, node)
+        checks.append(check)
+    return checks, replies
