@@ -142,6 +142,7 @@ def worker(
     devices: Annotated[str, typer.Option(help="auto (one process per GPU, else cpu), cpu, or GPU indices 0,1,...")] = "auto",
     loglevel: Annotated[str, typer.Option(help="worker log level")] = "INFO",
     name: Annotated[str | None, typer.Option(help="node name prefix (default cpu / gpuN); distinct per worker on a host")] = None,
+    live: Annotated[bool, typer.Option(help="serve the live queue (single uploads, dynamic batching) instead of bulk chunks")] = False,
 ) -> None:
     """Start Celery workers: one process per device, models loaded once per process."""
     from .launcher import run_workers
@@ -151,7 +152,7 @@ def worker(
     from .redis_store import connect
 
     connect(settings.jobs_redis)  # fail fast, with one clear line, when Redis is down
-    raise typer.Exit(run_workers(devices, settings, loglevel=loglevel, name=name))
+    raise typer.Exit(run_workers(devices, settings, loglevel=loglevel, name=name, live=live))
 
 
 @app.command()
@@ -378,6 +379,102 @@ def ping(
         out.print(f"     {escape(name)}: device {info.get('device')}, models {escape(models)}", highlight=False)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def listen(
+    minio: Annotated[bool, typer.Option(help="read MinIO bucket events from the Redis list LABELQ_EVENTS_KEY")] = False,
+    sqs: Annotated[str | None, typer.Option(help="SQS queue URL of S3 event notifications (or LABELQ_SQS_QUEUE_URL)")] = None,
+    model: ModelOpt = None,
+    job: Annotated[str, typer.Option(help="the job new uploads are counted in")] = "live",
+) -> None:
+    """Enqueue new uploads from bucket notifications as live tasks, until interrupted."""
+    from .listen import Listener
+    from .worker import make_app
+
+    settings = load_settings(models=model or None, sqs_queue_url=sqs)
+    setup_logging(settings)
+    if not minio and not settings.sqs_queue_url:
+        raise UsageError("say where events come from: --minio and/or --sqs QUEUE_URL")
+    book, _ = _services(settings)
+    listener = Listener(settings, app=make_app(settings), book=book, job=job, models=list(settings.models))
+    import threading
+
+    threads = []
+    if minio:
+        threads.append(threading.Thread(target=listener.run_minio, name="minio", daemon=True))
+    if settings.sqs_queue_url:
+        threads.append(threading.Thread(target=listener.run_sqs, name="sqs", daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+    finally:
+        listener.stop.set()
+        err.print(f"enqueued {listener.enqueued}, duplicates {listener.duplicates}, malformed {listener.bad}")
+
+
+moderate_app = typer.Typer(help="Moderation: apply a policy to stored scores, export the audit trail.",
+                           no_args_is_help=True)
+app.add_typer(moderate_app, name="moderate")
+
+
+@moderate_app.command("apply")
+@clean_errors
+def moderate_apply(
+    job: Annotated[str, typer.Argument(help="job whose stored records the policy is applied to")],
+    policy: Annotated[Path, typer.Option(help="policy file (TOML)")],
+    dry_run: Annotated[bool, typer.Option(help="print what would change, change nothing")] = False,
+) -> None:
+    """Apply a (new) policy to a job's stored scores without re-running any model."""
+    from .policy import Moderator, load_policy
+    from .records import chunks
+    from .redis_store import job_records
+    from .storage import Stores
+
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, store = _services(settings)
+    if book.info(job) is None:
+        raise UsageError(f"no such job: {job}")
+    moderator = Moderator(load_policy(policy), redis=book.redis, stores=Stores(settings))
+    total: dict[str, int] = {}
+    for page in chunks(job_records(book, store, job), 1000):
+        actions = moderator.plan(page) if dry_run else moderator.apply(page)
+        for a in actions:
+            key = a.action if dry_run else f"{a.action} {a.result}"
+            total[key] = total.get(key, 0) + 1
+            if dry_run:
+                out.print(f"would {a.action}: {a.uri} [{a.model}] {a.label}={a.score:.3f}", markup=False,
+                          highlight=False, soft_wrap=True)
+    verb = "would take" if dry_run else "took"
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(total.items())) or "nothing to do"
+    err.print(f"policy {moderator.policy.version} {verb} {sum(total.values())} actions ({summary})", markup=False)
+
+
+@moderate_app.command("audit")
+@clean_errors
+def moderate_audit(
+    job: Annotated[str | None, typer.Option(help="only actions on this job's records")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default stdout)")] = None,
+) -> None:
+    """Export the audit trail: every action taken, with object, label, score, policy version, result and time."""
+    from .policy import iter_audit, write_audit
+
+    if fmt not in ("jsonl", "csv"):
+        raise UsageError(f"audit format must be jsonl or csv, not {fmt!r}")
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, _ = _services(settings)
+    if output:
+        with output.open("w", encoding="utf-8", newline="") as f:
+            n = write_audit(iter_audit(book.redis, job=job), fmt, f)
+        err.print(f"wrote {n} audit entries to {output}")
+    else:
+        write_audit(iter_audit(book.redis, job=job), fmt, sys.stdout)
 
 
 def main() -> None:

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     chunk_size: int = Field(64, ge=1, le=100_000, description="object refs per Celery task")
     visibility_timeout: int = Field(3600, ge=10, description="seconds before an unacknowledged chunk is redelivered (Redis broker)")
     queue: str = Field("labelq", description="Celery queue of bulk chunks")
+    # --- background moderation
+    live_queue: str = Field("labelq.live", description="Celery queue of single new uploads (dynamic batching)")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="live: flush a batch at this many images")
+    batch_timeout: float = Field(0.05, gt=0, le=10, description="live: seconds the first image of a batch may wait")
+    policy: Path | None = Field(None, description="moderation policy file (TOML) applied as live records are written")
+    events_key: str = Field("labelq:minio-events", description="Redis list MinIO publishes bucket events to")
+    sqs_queue_url: str | None = Field(None, description="SQS queue of AWS S3 event notifications")
+    sqs_endpoint_url: str | None = Field(None, description="SQS endpoint (moto, LocalStack); default AWS")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="a worker's Prometheus endpoint")
     log_level: str = "INFO"
 

@@ -183,15 +183,18 @@ class Engine:
             self.stats.count(records)
             yield records
 
-    def infer(self, batch: Sequence[Item], *, job: str | None = None) -> list[Record]:
-        """Run every classifier over the decoded items of one batch."""
+    def infer(
+        self, batch: Sequence[Item], *, job: str | None = None, classifiers: Sequence[Classifier] | None = None
+    ) -> list[Record]:
+        """Run the classifiers (default: all in use) over the decoded items of one batch."""
+        classifiers = list(classifiers) if classifiers is not None else self.classifiers
         records: list[Record] = []
         now = utcnow()
         good = [item for item in batch if item.error is None]
         for item in batch:
             if item.error is not None:
-                records.extend(self._error_records(item.ref, item.error, job, now))
-        for clf in self.classifiers:
+                records.extend(self._record(item.ref, c.name, item.error, job, now) for c in classifiers)
+        for clf in classifiers:
             if not good:
                 break
             start = time.perf_counter()
@@ -207,9 +210,6 @@ class Engine:
                           job=job, worker=self.worker, processed_at=now)
         return Record(ref.uri, ref.etag, model, pred.label, pred.score, pred.top_k, job=job, worker=self.worker,
                       processed_at=now)
-
-    def _error_records(self, ref: ObjectRef, error: LabelqError, job: str | None, now: str) -> list[Record]:
-        return [self._record(ref, c.name, error, job, now) for c in self.classifiers]
 
     def close(self) -> None:
         self._fetch_pool.shutdown(wait=True, cancel_futures=True)

@@ -214,6 +214,14 @@ class JobBook:
             pipe.zadd(keys.CHUNKS, {chunk_id: time.time()})
         pipe.execute()
 
+    def received(self, job_id: str, n: int) -> None:
+        """A streaming job (``labelq listen``) took n more objects; it has no total."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(keys.job(job_id), "listed", n)
+        pipe.hincrby(keys.job(job_id), "enqueued", n)
+        pipe.hset(keys.job(job_id), "state", "running")
+        pipe.execute()
+
     def finish_listing(self, job_id: str, total: int, n_models: int) -> str:
         state = self._finish(keys=[keys.job(job_id)], args=[total, total * n_models, utcnow()])
         return state.decode() if isinstance(state, bytes) else str(state)

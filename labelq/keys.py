@@ -19,7 +19,10 @@ key                                       type    holds
 ``labelq:jobs``                           zset    job id → created time (unix seconds)
 ``labelq:chunks``                         zset    chunk id (``{job}:{n}``) → enqueue time, removed when
                                                   a worker starts it: the oldest waiting chunk's age
-``labelq:events``                         stream  object-created events for moderation (notify)
+``labelq:audit``                          stream  moderation audit trail: one entry per action taken
+``labelq:actions``                        hash    ``{uri}\t{action}`` → policy version that applied it
+                                                  (an action is applied to an object once)
+``labelq:seen-event:{uri}:{etag}``        string  de-duplicates object-created events (expires)
 ========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
@@ -30,7 +33,8 @@ from __future__ import annotations
 
 PREFIX = "labelq:"
 JOBS = PREFIX + "jobs"
-EVENTS = PREFIX + "events"
+AUDIT = PREFIX + "audit"
+ACTIONS = PREFIX + "actions"
 CHUNKS = PREFIX + "chunks"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
 
@@ -49,6 +53,10 @@ def job_items(job_id: str) -> str:
 
 def job_errors(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:errors"
+
+
+def seen_event(uri: str, etag: str | None) -> str:
+    return f"{PREFIX}seen-event:{uri}:{etag or ''}"
 
 
 def item_field(model: str, uri: str) -> str:

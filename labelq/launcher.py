@@ -64,24 +64,39 @@ def plan(devices: str, *, gpus: int | None = None) -> list[Slot]:
     return [Slot(f"gpu{i}", "cuda:0", i) for i in ids]
 
 
-def child_command(slot: Slot, settings: Settings, loglevel: str) -> list[str]:
+def live_concurrency(settings: Settings) -> int:
+    """Task threads of a live worker: twice the flush size, so batches can fill."""
+    from .live import validate_batching
+
+    concurrency = 2 * settings.max_batch_size
+    validate_batching(settings.max_batch_size, settings.batch_timeout, concurrency)
+    return concurrency
+
+
+def child_command(slot: Slot, settings: Settings, loglevel: str, *, live: bool = False) -> list[str]:
+    """Bulk: solo pool on the bulk queue. Live: a threads pool on the live queue (one model copy, one batcher)."""
+    pool = ["--pool", "threads", "--concurrency", str(live_concurrency(settings))] if live else ["--pool", "solo"]
     return [
         sys.executable, "-m", "celery", "-A", "labelq.worker", "worker",
-        "--pool", "solo",
+        *pool,
         "-n", f"{slot.name}@{socket.gethostname()}",
-        "-Q", settings.queue,
+        "-Q", settings.live_queue if live else settings.queue,
         "--loglevel", loglevel,
         "--without-gossip", "--without-mingle",
     ]
 
 
-def run_workers(devices: str, settings: Settings, *, loglevel: str = "INFO", name: str | None = None) -> int:
+def run_workers(
+    devices: str, settings: Settings, *, loglevel: str = "INFO", name: str | None = None, live: bool = False
+) -> int:
     """Start one child per slot and wait; restart none (a supervisor above us does that).
 
     ``name`` replaces the node name prefix (``cpu``, ``gpu0``): several workers on one
     host need distinct names (``--name cpu2``; with several devices ``NAME-gpu0``, ...).
     """
     slots = plan(devices)
+    if live:
+        slots = [Slot(f"live-{s.name}", s.device, s.visible) for s in slots]
     if name:
         slots = [Slot(name if len(slots) == 1 else f"{name}-{s.name}", s.device, s.visible) for s in slots]
     children: list[tuple[Slot, subprocess.Popen[bytes]]] = []
@@ -93,7 +108,7 @@ def run_workers(devices: str, settings: Settings, *, loglevel: str = "INFO", nam
             env["CUDA_VISIBLE_DEVICES"] = slot.visible
         if settings.metrics_port and len(slots) > 1:
             env["LABELQ_METRICS_PORT"] = str(settings.metrics_port + len(children))
-        proc = subprocess.Popen(child_command(slot, settings, loglevel), env=env)
+        proc = subprocess.Popen(child_command(slot, settings, loglevel, live=live), env=env)
         children.append((slot, proc))
         logger.info("started worker %s (pid %d, device %s)", slot.name, proc.pid, slot.device)
 

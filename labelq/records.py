@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,3 +174,15 @@ def read_records(path: Path | str) -> list[Record]:
     import pyarrow.parquet as pq
 
     return [Record.from_dict(row) for row in pq.read_table(path).to_pylist()]
+
+
+def chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    """Records in lists of ``size`` (the last may be shorter)."""
+    group: list[Record] = []
+    for rec in records:
+        group.append(rec)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

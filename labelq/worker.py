@@ -25,6 +25,7 @@ from .config import Settings, load_settings, redact
 logger = logging.getLogger(__name__)
 
 TASK = "labelq.label_chunk"
+LIVE_TASK = "labelq.label_one"
 
 
 def make_app(settings: Settings) -> Celery:
@@ -50,6 +51,7 @@ def make_app(settings: Settings) -> Celery:
         worker_disable_rate_limits=True,
     )
     app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(label_chunk)
+    app.task(name=LIVE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(label_one)
     return app
 
 
@@ -84,6 +86,13 @@ class Runtime:
             self.metrics.serve(settings.metrics_port)
         self.engine: Engine | None = None  # made with the first chunk's classifiers
         self._stores = Stores(settings)
+        self._batcher: Any = None
+        self.moderator: Any = None
+        if settings.policy is not None:
+            from .policy import Moderator, load_policy
+
+            self.moderator = Moderator(load_policy(settings.policy), redis=self.redis, stores=self._stores)
+            logger.info("moderation policy %s (version %s)", settings.policy, self.moderator.policy.version)
         for model in settings.models:
             self.classifier(model)
         if self.classifiers:
@@ -91,19 +100,22 @@ class Runtime:
 
     def classifier(self, name: str) -> Any:
         """A loaded classifier; loaded (and warmed up) on first use, then kept."""
+        with self._lock:
+            return self._load(name)
+
+    def _load(self, name: str) -> Any:
         from .models import load_classifier
 
-        with self._lock:
-            clf = self.classifiers.get(name)
-            if clf is None:
-                start = time.perf_counter()
-                clf = load_classifier(name, self.settings)
-                seconds = clf.warmup(min(self.settings.batch_size, 8))
-                if self.metrics is not None:
-                    self.metrics.model_load.labels(name).set(time.perf_counter() - start)
-                logger.info("%s: %s ready (warm-up batch %.2fs)", self.name, name, seconds)
-                self.classifiers[name] = clf
-            return clf
+        clf = self.classifiers.get(name)
+        if clf is None:
+            start = time.perf_counter()
+            clf = load_classifier(name, self.settings)
+            seconds = clf.warmup(min(self.settings.batch_size, 8))
+            if self.metrics is not None:
+                self.metrics.model_load.labels(name).set(time.perf_counter() - start)
+            logger.info("%s: %s ready (warm-up batch %.2fs)", self.name, name, seconds)
+            self.classifiers[name] = clf
+        return clf
 
     def label(self, job: str, refs: list[Any], models: list[str]) -> tuple[int, int]:
         """Label one chunk; every batch's records land in one write. Returns (images, records)."""
@@ -139,6 +151,25 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
+        if self.moderator is not None:
+            try:
+                self.moderator.apply(records)
+            except Exception:
+                logger.exception("moderation of %d records failed", len(records))
+
+    def batcher(self) -> Any:
+        """The live path's batcher, made on first use (its engine decodes for the loaded models)."""
+        from .engine import Engine
+        from .live import Batcher
+
+        with self._lock:
+            if self._batcher is None:
+                engine = Engine(list(self.classifiers.values()) or [self._load(m) for m in self.settings.models],
+                                self._stores, self.settings, worker=self.name)
+                self._batcher = Batcher(engine, self.classifier, self.write,
+                                        max_batch_size=self.settings.max_batch_size,
+                                        batch_timeout=self.settings.batch_timeout)
+            return self._batcher
 
 
 def check_visibility(settings: Settings, model_seconds_per_image: float) -> float:
@@ -186,6 +217,18 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
         rt.metrics.chunks.inc()
     logger.info("job %s chunk %s: %d images, %d records in %.2fs", job, chunk, images, records, seconds)
     return {"images": images, "records": records, "seconds": round(seconds, 3)}
+
+
+def label_one(self: Any, job: str, ref: list[Any], models: list[str], uploaded_at: float | None = None) -> dict[str, Any]:
+    """Celery task (live queue): label one new object, batched with its neighbours on this worker."""
+    from .storage import ObjectRef
+
+    rt = runtime(getattr(self.request, "hostname", None))
+    records = rt.batcher().submit(job, ObjectRef.from_json(ref), models).result()
+    out: dict[str, Any] = {"uri": ref[0], "records": len(records)}
+    if uploaded_at is not None:
+        out["latency_s"] = round(time.time() - uploaded_at, 4)
+    return out
 
 
 # ------------------------------------------------------------------------- signals
