@@ -94,7 +94,7 @@ def decode(data: bytes, limits: Limits, *, draft: Sequence[Geometry] = ()) -> Im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise NotAnImage(f"not a recognised image ({_sniff(data)})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on garbage headers

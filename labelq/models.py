@@ -229,7 +229,7 @@ class Classifier:
         out = []
         for scores, indices in zip(packed[0], packed[1], strict=True):
             top_k = [{"label": self.labels[int(i)], "score": float(s)} for s, i in zip(scores, indices, strict=True)]
-            out.append(Prediction(top_k[0]["label"], top_k[0]["score"], top_k))
+            out.append(Prediction(self.labels[int(indices[0])], float(scores[0]), top_k))
         return out
 
     def input_shape(self) -> tuple[int, ...]:

@@ -103,7 +103,7 @@ def load_policy(path: Path | str) -> Policy:
         bad = [a for a in rule.actions if a not in ACTIONS]
         if bad or not rule.actions:
             raise UsageError(f"{where}: actions must be some of {', '.join(ACTIONS)}, not {bad or 'none'}")
-        rules.append(Rule(rule.model, rule.label, threshold, tuple(sorted(set(rule.actions), key=_ORDER.get))))
+        rules.append(Rule(rule.model, rule.label, threshold, tuple(sorted(set(rule.actions), key=lambda a: _ORDER[a]))))
     if not rules:
         raise UsageError(f"policy {path}: no [[rule]] tables")
     notify = data.get("notify", {})
@@ -151,14 +151,15 @@ class Moderator:
         planned: list[Action] = []
         for rec in records:
             for rule, score in self.policy.matches(rec):
-                for action in rule.actions:
-                    planned.append(Action(rec.uri, rec.model, rule.label, score, self.policy.version, action,
+                for kind in rule.actions:
+                    planned.append(Action(rec.uri, rec.model, rule.label, score, self.policy.version, kind,
                                           job=rec.job))
         if not planned:
             return []
         fields = [f"{a.uri}{keys.SEP}{a.action}" for a in planned]
         done = self.redis.hmget(keys.ACTIONS, fields)
-        fresh, seen = [], set()
+        fresh: list[Action] = []
+        seen: set[str] = set()
         for action, fld, prior in zip(planned, fields, done, strict=True):
             if prior is None and fld not in seen:
                 seen.add(fld)
