@@ -197,25 +197,42 @@ def _sniff(data: bytes) -> str:
 
 
 def fit(im: Image.Image, geometry: Geometry) -> np.ndarray:
-    """Resize and centre-crop an RGB image to the geometry: a uint8 (H, W, 3) array."""
+    """Resize and centre-crop an RGB image to the geometry: a uint8 (H, W, 3) array.
+
+    With a crop, only the part of the source that survives the crop is resampled
+    (Pillow's ``box``), which gives the same pixels as resize-then-crop without
+    building the full intermediate: a 2000x1 image under a shortest-edge-256
+    geometry would otherwise need a 512000x256 one.
+    """
     width, height = im.size
     new_w, new_h = geometry.resized_size(width, height)
     resample = _RESAMPLE[geometry.resample]
+    if geometry.crop is None:
+        if (new_w, new_h) != (width, height):
+            im = im.resize((new_w, new_h), resample=resample)
+        return np.asarray(im, dtype=np.uint8)
+    ch, cw = geometry.crop
+    if new_w >= cw and new_h >= ch:
+        top, left = _crop_origin(geometry, new_w, new_h, cw, ch)
+        if (new_w, new_h) == (width, height):
+            return np.asarray(im.crop((left, top, left + cw, top + ch)), dtype=np.uint8)
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        return np.asarray(im.resize((cw, ch), resample=resample, box=box), dtype=np.uint8)
+    # Smaller than the crop on some side (tiny images): resize, pad with zeros, crop.
     if (new_w, new_h) != (width, height):
         im = im.resize((new_w, new_h), resample=resample)
-    if geometry.crop is not None:
-        ch, cw = geometry.crop
-        if new_w < cw or new_h < ch:  # pad like torchvision/transformers would: zeros around
-            canvas = Image.new("RGB", (max(cw, new_w), max(ch, new_h)))
-            canvas.paste(im, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
-            im, new_w, new_h = canvas, canvas.width, canvas.height
-        if geometry.crop_round:
-            top, left = int(round((new_h - ch) / 2.0)), int(round((new_w - cw) / 2.0))
-        else:
-            top, left = (new_h - ch) // 2, (new_w - cw) // 2
-        if (new_w, new_h) != (cw, ch):
-            im = im.crop((left, top, left + cw, top + ch))
-    return np.asarray(im, dtype=np.uint8)
+    canvas = Image.new("RGB", (max(cw, new_w), max(ch, new_h)))
+    canvas.paste(im, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
+    top, left = _crop_origin(geometry, canvas.width, canvas.height, cw, ch)
+    return np.asarray(canvas.crop((left, top, left + cw, top + ch)), dtype=np.uint8)
+
+
+def _crop_origin(geometry: Geometry, width: int, height: int, cw: int, ch: int) -> tuple[int, int]:
+    """(top, left) of a centre crop: torchvision rounds, transformers floors."""
+    if geometry.crop_round:
+        return int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
+    return (height - ch) // 2, (width - cw) // 2
 
 
 def decode_fit(data: bytes, limits: Limits, geometries: Sequence[Geometry], *, fast: bool = True) -> list[np.ndarray]:

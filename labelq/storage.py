@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import random
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -71,9 +72,9 @@ def path_of(uri: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def local_etag(stat: os.stat_result) -> str:
+def local_etag(st: os.stat_result) -> str:
     """A cheap change detector for local files: size and mtime in nanoseconds."""
-    return hashlib.blake2s(f"{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=8).hexdigest()
+    return hashlib.blake2s(f"{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=8).hexdigest()
 
 
 class LocalStore:
@@ -97,7 +98,10 @@ class LocalStore:
     def fetch(self, ref: ObjectRef) -> bytes:
         path = self._resolve(ref.uri)
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFound(f"not a regular file: {path}")
+            size = st.st_size
             if size > self.max_bytes:
                 raise TooLarge(f"object is {size} bytes, over the limit of {self.max_bytes} (LABELQ_MAX_BYTES)")
             with path.open("rb") as f:
@@ -298,7 +302,10 @@ class Source:
 def parse_source(text: str) -> Source:
     """Interpret SOURCE; raises UsageError with a clear message when it cannot be used."""
     if text.startswith("s3://"):
-        split_s3(text if "/" in text[5:] else text + "/")
+        try:
+            split_s3(text if "/" in text[5:] else text + "/")
+        except ValueError:
+            raise UsageError(f"bad S3 source {text!r}: use s3://bucket or s3://bucket/prefix") from None
         return Source("s3", text, None)
     if "://" in text and not text.startswith("file://"):
         raise UsageError(f"unsupported source {text!r}: use s3://bucket/prefix, a folder or a manifest file")
