@@ -251,7 +251,7 @@ def make_s3_client(settings: Settings) -> Any:
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": 2, "mode": "standard"},
+        retries={"total_max_attempts": 2, "mode": "standard"},
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=max(10, settings.fetch_threads),
