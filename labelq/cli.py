@@ -97,7 +97,8 @@ def print_summary(summary: Any, console: Console) -> None:
     """Per model: counts by label; errors by kind; throughput."""
     console.print(
         f"labelled {summary.images} images ({summary.records} records, {summary.skipped} skipped as already done) "
-        f"in {summary.seconds:.1f}s: {summary.images_per_s:.1f} images/s"
+        f"in {summary.seconds:.1f}s: {summary.images_per_s:.1f} images/s",
+        soft_wrap=True,
     )
     for model, labels in summary.labels.items():
         table = Table(title=escape(model), title_justify="left")

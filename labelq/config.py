@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     """One typed settings object; see docs/configuration in the README."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LABELQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="LABELQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
     )
 
     # --- services

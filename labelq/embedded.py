@@ -6,6 +6,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,12 @@ def run_embedded(
     fmt = format_for(out_file) if out_file else None
     store = SQLStore(settings.db_url)
     stores = Stores(settings, local_root=source.root if source.kind != "s3" else settings.local_root)
+    # Take the first object before loading models: unreachable storage fails in a second, not after the load.
+    listing = iter_source(source, stores)
+    first = next(listing, None)
     classifiers = [load_classifier(name, settings) for name in settings.models]
     names = [c.name for c in classifiers]
-    listed = _Counting(iter_source(source, stores))
+    listed = _Counting(chain([first], listing) if first is not None else iter(()))
     refs = listed if force else skip_done(listed, store, names)
     summary = Summary(out_file=out_file)
     writer = RecordWriter(out_file, fmt) if out_file and fmt else None
@@ -109,4 +113,6 @@ def _progress(console: Any) -> Any:
         TextColumn("errors {task.fields[errors]}"),
         TimeElapsedColumn(),
         console=console,
+        transient=True,
+        disable=console is None or not console.is_terminal,
     )

@@ -211,7 +211,6 @@ class JobBook:
             pipe.hincrby(key, "skipped", skipped)
         if chunk_id:
             pipe.hincrby(key, "chunks", 1)
-            pipe.zadd(keys.CHUNKS, {chunk_id: time.time()})
         pipe.execute()
 
     def received(self, job_id: str, n: int) -> None:
@@ -221,6 +220,11 @@ class JobBook:
         pipe.hincrby(keys.job(job_id), "enqueued", n)
         pipe.hset(keys.job(job_id), "state", "running")
         pipe.execute()
+
+    def waiting(self, chunk_id: str) -> None:
+        """A chunk is about to be published: it waits until a worker starts it (call before publishing,
+        so a fast worker's ``started`` cannot come first)."""
+        self.redis.zadd(keys.CHUNKS, {chunk_id: time.time()})
 
     def finish_listing(self, job_id: str, total: int, n_models: int) -> str:
         state = self._finish(keys=[keys.job(job_id)], args=[total, total * n_models, utcnow()])

@@ -51,7 +51,7 @@ def parse_event(payload: Any) -> list[Upload]:
     if isinstance(payload, (str, bytes)):
         try:
             payload = json.loads(payload)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # bad JSON or not UTF-8
             raise BadEvent(f"not JSON: {exc}") from None
     if isinstance(payload, list):  # MinIO access format: [{"Event": [...], "EventTime": "..."}]
         return [u for part in payload for u in parse_event(part)]
@@ -84,6 +84,10 @@ def _upload(record: Any) -> Upload | None:
     if not bucket or not key:
         raise BadEvent("empty bucket or key")
     size = obj.get("size")
+    try:
+        size = int(size) if size is not None else None
+    except (TypeError, ValueError):
+        raise BadEvent(f"s3.object.size is not a number: {size!r}") from None
     etag = obj.get("eTag") or obj.get("etag")
     at = None
     if record.get("eventTime"):
@@ -91,7 +95,7 @@ def _upload(record: Any) -> Upload | None:
             at = datetime.fromisoformat(str(record["eventTime"]).replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise BadEvent(f"bad eventTime {record['eventTime']!r}") from None
-    return Upload(ObjectRef(s3_uri(bucket, key), int(size) if size is not None else None,
+    return Upload(ObjectRef(s3_uri(bucket, key), size,
                             str(etag).strip('"') if etag else None), at)
 
 

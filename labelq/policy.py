@@ -109,6 +109,8 @@ def load_policy(path: Path | str) -> Policy:
     notify = data.get("notify", {})
     policy = Policy(str(version), tuple(rules), str(data.get("quarantine_prefix", "quarantine/")),
                     notify.get("stream"), notify.get("webhook"), int(notify.get("webhook_attempts", 4)))
+    if policy.webhook_attempts < 1:
+        raise UsageError(f"policy {path}: [notify] webhook_attempts must be at least 1")
     if any("notify" in r.actions for r in rules) and not (policy.stream or policy.webhook):
         raise UsageError(f"policy {path}: a rule notifies, so set [notify] stream and/or webhook")
     if not policy.quarantine_prefix or policy.quarantine_prefix.startswith("/") or ".." in policy.quarantine_prefix:

@@ -93,7 +93,12 @@ def enqueue(
         chunk_id = None
         if todo:
             chunk_id = f"{job_id}:{chunk_no}"
-            publish(app, settings, job_id, todo, models, chunk_id, priority)
+            book.waiting(chunk_id)
+            try:
+                publish(app, settings, job_id, todo, models, chunk_id, priority)
+            except BaseException:
+                book.started(job_id, chunk_id)  # never sent: not waiting
+                raise
             chunk_no += 1
             chunks += 1
         book.enqueued(job_id, listed=listed, refs=len(todo), chunk_id=chunk_id, skipped=len(done))
@@ -126,8 +131,9 @@ def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: An
     # The whole object is relabelled with every model of the job (one decode serves them all).
     book.forget(job_id, [(m, r.uri) for r in refs for m in info.models])
     for n, start in enumerate(range(0, len(refs), settings.chunk_size)):
-        publish(app, settings, job_id, refs[start : start + settings.chunk_size], info.models,
-                f"{job_id}:retry-{int(time.time())}-{n}")
+        chunk_id = f"{job_id}:retry-{int(time.time())}-{n}"
+        book.waiting(chunk_id)
+        publish(app, settings, job_id, refs[start : start + settings.chunk_size], info.models, chunk_id)
     logger.info("job %s: re-enqueued %d objects with retryable errors", job_id, len(refs))
     return len(refs)
 

@@ -18,7 +18,7 @@ from .storage import ObjectRef
 logger = logging.getLogger(__name__)
 
 
-def connect(url: str, *, check: bool = True) -> Any:
+def connect(url: str, *, check: bool = True, retries: int = 8) -> Any:
     """A Redis client with timeouts, health checks and retries on dropped connections.
 
     ``rediss://`` URLs use TLS; a password in the URL is used and never logged.
@@ -34,7 +34,7 @@ def connect(url: str, *, check: bool = True) -> Any:
         socket_timeout=30,
         socket_connect_timeout=5,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         retry_on_error=[ConnectionError, TimeoutError],
     )
     if check:

@@ -33,8 +33,12 @@ class ResultStore(Protocol):
 
 
 def is_final(etag: str | None, status: str, error_kind: str | None, want_etag: str | None) -> bool:
-    """A stored record settles an object when its etag matches and it is not a retryable error."""
-    return etag == want_etag and (status == "ok" or error_kind not in RETRYABLE_KINDS)
+    """A stored record settles an object when its etag matches and it is not a retryable error.
+
+    An object listed without an etag (an s3:// line of a manifest) is never settled: there is
+    no way to know it did not change without asking the store.
+    """
+    return want_etag is not None and etag == want_etag and (status == "ok" or error_kind not in RETRYABLE_KINDS)
 
 
 def skip_done(

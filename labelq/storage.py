@@ -150,7 +150,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"not an s3://bucket/key URI: {uri}")
-    return parsed.netloc, unquote(parsed.path.lstrip("/"))
+    return parsed.netloc, unquote(parsed.path[1:])  # keys may start with "/": strip only the separator
 
 
 def s3_uri(bucket: str, key: str) -> str:
@@ -342,5 +342,9 @@ def _manifest(path: Path) -> Iterator[ObjectRef]:
                 raise UsageError(f"{path}: unsupported URI {entry!r} (use s3:// or file://)")
             else:
                 local = Path(entry)
-                local = local if local.is_absolute() else path.parent / local
-                yield ObjectRef(file_uri(Path(os.path.abspath(local))))
+                local = Path(os.path.abspath(local if local.is_absolute() else path.parent / local))
+                try:
+                    st = local.stat()
+                    yield ObjectRef(file_uri(local), st.st_size, local_etag(st))
+                except OSError:
+                    yield ObjectRef(file_uri(local))  # fetching it reports not_found / access_denied

@@ -82,7 +82,7 @@ class Runtime:
             self.metrics = Metrics()
             broker = connect(settings.broker_url) if settings.broker_url.startswith(("redis", "rediss")) else None
             if broker is not None:
-                self.metrics.watch_queue(broker, [settings.queue], self.book)
+                self.metrics.watch_queue(broker, [settings.queue, settings.live_queue], self.book)
             self.metrics.serve(settings.metrics_port)
         self.engine: Engine | None = None  # made with the first chunk's classifiers
         self._stores = Stores(settings)
