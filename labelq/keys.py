@@ -20,8 +20,8 @@ key                                       type    holds
 ``labelq:chunks``                         zset    chunk id (``{job}:{n}``) → enqueue time, removed when
                                                   a worker starts it: the oldest waiting chunk's age
 ``labelq:audit``                          stream  moderation audit trail: one entry per action taken
-``labelq:actions``                        hash    ``{uri}\t{action}`` → policy version that applied it
-                                                  (an action is applied to an object once)
+``labelq:actions``                        hash    ``{uri}\t{action}`` → ``{policy version}\t{etag}\t{processed_at}``:
+                                                  an action is applied once to each record of an object
 ``labelq:seen-event:{uri}:{etag}``        string  de-duplicates object-created events (expires)
 ========================================  ======  ==================================================
 
@@ -55,8 +55,8 @@ def job_errors(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:errors"
 
 
-def seen_event(uri: str, etag: str | None) -> str:
-    return f"{PREFIX}seen-event:{uri}:{etag or ''}"
+def seen_event(uri: str, etag: str | None, sequencer: str | None = None) -> str:
+    return f"{PREFIX}seen-event:{uri}:{etag or ''}:{sequencer or ''}"
 
 
 def item_field(model: str, uri: str) -> str:

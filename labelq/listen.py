@@ -28,7 +28,7 @@ from urllib.parse import unquote_plus
 from . import keys
 from .config import Settings
 from .jobs import JobBook
-from .storage import ObjectRef, s3_uri
+from .storage import ObjectRef, s3_uri, split_s3
 from .worker import LIVE_TASK
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class BadEvent(ValueError):
 class Upload:
     ref: ObjectRef
     at: float | None  # event time, unix seconds
+    sequencer: str | None = None  # unique per PUT (S3 and MinIO): the same file uploaded again is a new event
 
 
 def parse_event(payload: Any) -> list[Upload]:
@@ -95,8 +96,9 @@ def _upload(record: Any) -> Upload | None:
             at = datetime.fromisoformat(str(record["eventTime"]).replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise BadEvent(f"bad eventTime {record['eventTime']!r}") from None
-    return Upload(ObjectRef(s3_uri(bucket, key), size,
-                            str(etag).strip('"') if etag else None), at)
+    sequencer = obj.get("sequencer")
+    return Upload(ObjectRef(s3_uri(bucket, key), size, str(etag).strip('"') if etag else None), at,
+                  str(sequencer) if sequencer else None)
 
 
 class Listener:
@@ -111,6 +113,11 @@ class Listener:
         self.models = models
         self.suffixes = tuple(settings.suffixes)
         self.stop = threading.Event()
+        self.skip_prefix: str | None = None
+        if settings.policy is not None:
+            from .policy import load_policy
+
+            self.skip_prefix = load_policy(settings.policy).quarantine_prefix
         self.enqueued = self.duplicates = self.bad = 0
         book.open(job, source="listen", models=models)
 
@@ -120,11 +127,18 @@ class Listener:
         for up in uploads:
             if self.suffixes and not up.ref.uri.lower().endswith(self.suffixes):
                 continue
-            if not self.redis.set(keys.seen_event(up.ref.uri, up.ref.etag), 1, nx=True, ex=DEDUPE_SECONDS):
+            if self.skip_prefix and split_s3(up.ref.uri)[1].startswith(self.skip_prefix):
+                continue  # our own quarantine copies
+            seen = keys.seen_event(up.ref.uri, up.ref.etag, up.sequencer)
+            if not self.redis.set(seen, 1, nx=True, ex=DEDUPE_SECONDS):
                 self.duplicates += 1
                 continue
-            self.app.send_task(LIVE_TASK, args=[self.job, up.ref.to_json(), self.models, up.at],
-                               queue=self.settings.live_queue)
+            try:
+                self.app.send_task(LIVE_TASK, args=[self.job, up.ref.to_json(), self.models, up.at],
+                                   queue=self.settings.live_queue)
+            except BaseException:
+                self.redis.delete(seen)  # not sent: a redelivered event must get through
+                raise
             self.book.received(self.job, 1)
             sent += 1
         self.enqueued += sent

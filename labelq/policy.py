@@ -132,9 +132,15 @@ class Action:
     detail: str = ""
     time: str = field(default_factory=utcnow)
     job: str | None = None
+    etag: str | None = None  # the version of the object acted on:
+    labelled_at: str | None = None  # its etag and the record's processed_at
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+    @property
+    def version_key(self) -> str:
+        return f"{self.etag or ''}{keys.SEP}{self.labelled_at or ''}"
 
 
 AUDIT_FIELDS = tuple(Action.__dataclass_fields__)
@@ -152,10 +158,12 @@ class Moderator:
         """Actions the policy asks for that were not applied to these objects before."""
         planned: list[Action] = []
         for rec in records:
+            if self.in_quarantine(rec.uri):  # a copy we made: acting on it again would loop
+                continue
             for rule, score in self.policy.matches(rec):
                 for kind in rule.actions:
                     planned.append(Action(rec.uri, rec.model, rule.label, score, self.policy.version, kind,
-                                          job=rec.job))
+                                          job=rec.job, etag=rec.etag, labelled_at=rec.processed_at))
         if not planned:
             return []
         fields = [f"{a.uri}{keys.SEP}{a.action}" for a in planned]
@@ -163,7 +171,10 @@ class Moderator:
         fresh: list[Action] = []
         seen: set[str] = set()
         for action, fld, prior in zip(planned, fields, done, strict=True):
-            if prior is None and fld not in seen:
+            # Done means done to this record of the object. A new upload at the same key (even of the same
+            # bytes, after a move) is labelled anew and acted on again; re-applying a policy to stored
+            # records is not. Notifications are therefore at least once when a chunk is redelivered.
+            if (prior is None or _acted_on(prior) != action.version_key) and fld not in seen:
                 seen.add(fld)
                 fresh.append(action)
         return fresh
@@ -189,8 +200,26 @@ class Moderator:
         for a in actions:
             pipe.xadd(keys.AUDIT, {"a": a.to_json()})
             if a.result == "ok":
-                pipe.hset(keys.ACTIONS, f"{a.uri}{keys.SEP}{a.action}", a.policy_version)
+                pipe.hset(keys.ACTIONS, f"{a.uri}{keys.SEP}{a.action}", f"{a.policy_version}{keys.SEP}{a.version_key}")
         pipe.execute()
+
+    def in_quarantine(self, uri: str) -> bool:
+        """Whether a URI lies under the quarantine prefix (of its bucket, or of the local root)."""
+        if uri.startswith("s3://"):
+            return split_s3(uri)[1].startswith(self.policy.quarantine_prefix)
+        root = self.stores.local.root
+        if uri.startswith("file://") and root is not None:
+            from .storage import path_of
+
+            return str(path_of(uri)).startswith(str(root / self.policy.quarantine_prefix))
+        return False
+
+    def moved(self, uris: Sequence[str]) -> set[str]:
+        """Which of these objects this policy engine moved to quarantine."""
+        if not uris:
+            return set()
+        found = self.redis.hmget(keys.ACTIONS, [f"{u}{keys.SEP}move" for u in uris])
+        return {u for u, v in zip(uris, found, strict=True) if v is not None}
 
     # ------------------------------------------------------------------ actions
 
@@ -245,6 +274,12 @@ class Moderator:
             post_json(self.policy.webhook, payload, attempts=self.policy.webhook_attempts)
             sent.append("webhook")
         return ", ".join(sent)
+
+
+def _acted_on(value: bytes | str) -> str:
+    """The record version an ``labelq:actions`` entry was applied to."""
+    text = value.decode() if isinstance(value, bytes) else value
+    return text.split(keys.SEP, 1)[1] if keys.SEP in text else ""
 
 
 def post_json(url: str, payload: dict[str, Any], *, attempts: int = 4, timeout: float = 5.0) -> None:

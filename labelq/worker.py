@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, signals
@@ -88,6 +89,8 @@ class Runtime:
         self._stores = Stores(settings)
         self._batcher: Any = None
         self.moderator: Any = None
+        self._moderation = ThreadPoolExecutor(1, thread_name_prefix="labelq-moderate")
+        self._moderation_slots = threading.BoundedSemaphore(64)
         if settings.policy is not None:
             from .policy import Moderator, load_policy
 
@@ -143,7 +146,18 @@ class Runtime:
         return images, written
 
     def write(self, job: str, records: list[Any]) -> None:
-        """One batch's records: one Lua call (Redis store), or one SQL upsert + one Lua call."""
+        """One batch's records: one Lua call (Redis store), or one SQL upsert + one Lua call.
+
+        With a policy, a redelivered task must not turn an object we moved to quarantine into a
+        ``not_found`` record: those records are dropped, the stored ok record stands. The policy's
+        actions then run on the moderation thread, so slow S3 calls or webhooks never hold inference.
+        """
+        if self.moderator is not None:
+            gone = [r.uri for r in records if r.error_kind == "not_found"]
+            moved = self.moderator.moved(gone) if gone else set()
+            records = [r for r in records if not (r.error_kind == "not_found" and r.uri in moved)]
+            if not records:
+                return
         start = time.perf_counter()
         if self.sql is not None:
             self.sql.write(records)
@@ -152,10 +166,16 @@ class Runtime:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
         if self.moderator is not None:
-            try:
-                self.moderator.apply(records)
-            except Exception:
-                logger.exception("moderation of %d records failed", len(records))
+            self._moderation_slots.acquire()  # bounded: a writer far ahead of the actions waits
+            self._moderation.submit(self._moderate, records)
+
+    def _moderate(self, records: list[Any]) -> None:
+        try:
+            self.moderator.apply(records)
+        except Exception:
+            logger.exception("moderation of %d records failed", len(records))
+        finally:
+            self._moderation_slots.release()
 
     def batcher(self) -> Any:
         """The live path's batcher, made on first use (its engine decodes for the loaded models)."""

@@ -61,7 +61,7 @@ def sns(message: dict[str, Any]) -> dict[str, Any]:
 
 def test_an_s3_put_becomes_one_upload_with_size_etag_and_time() -> None:
     [up] = parse_event(s3_event(s3_record("photos/cat.jpg", etag='"0123abcd"')))
-    assert up == Upload(ObjectRef("s3://uploads/photos/cat.jpg", 1234, "0123abcd"), EVENT_TS)
+    assert up == Upload(ObjectRef("s3://uploads/photos/cat.jpg", 1234, "0123abcd"), EVENT_TS, "0055AED6DCD90281E5")
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_a_delete_only_event_gives_nothing() -> None:
 
 def test_size_etag_and_time_are_optional() -> None:
     [up] = parse_event(s3_event(s3_record("a.jpg", size=None, etag=None, time=None)))
-    assert up == Upload(ObjectRef("s3://uploads/a.jpg", None, None), None)
+    assert up == Upload(ObjectRef("s3://uploads/a.jpg", None, None), None, "0055AED6DCD90281E5")
 
 
 def test_the_event_may_arrive_as_json_text_or_bytes() -> None:
