@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .config import Settings, load_settings
 from .errors import UsageError
+from .logs import quiet_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ def clean_errors(fn: F) -> F:
 def setup_logging(settings: Settings, *, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "urllib3", "PIL", "httpx", "huggingface_hub", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
 
 
 ModelOpt = Annotated[

@@ -289,9 +289,21 @@ class JobBook:
             if cursor == 0:
                 return
 
-    def started(self, job_id: str, chunk_id: str) -> None:
-        """A worker took the chunk: it no longer waits."""
-        self.redis.zrem(keys.CHUNKS, chunk_id)
+    def started(self, job_id: str, chunk_id: str) -> bool:
+        """A worker took the chunk: it no longer waits. True when the chunk was already labelled
+        (a producer that died between publishing and bookkeeping published it twice)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(keys.CHUNKS, chunk_id)
+        pipe.sismember(keys.job_chunks_done(job_id), chunk_id)
+        return bool(pipe.execute()[1])
+
+    def chunk_done(self, job_id: str, chunk_id: str) -> None:
+        """Every record of the chunk is written: a duplicate message of it can be skipped."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(keys.job_chunks_done(job_id), chunk_id)
+        if self.ttl:
+            pipe.expire(keys.job_chunks_done(job_id), self.ttl)
+        pipe.execute()
 
     def oldest_waiting(self) -> tuple[float | None, int]:
         """Age in seconds of the oldest enqueued chunk no worker has started, and how many wait."""

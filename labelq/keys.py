@@ -16,6 +16,8 @@ key                                       type    holds
                                                   each (uri, model) counted once per job, also when
                                                   a chunk is redelivered; export streams it (HSCAN)
 ``labelq:job:{job}:errors``               hash    error kind → count
+``labelq:job:{job}:chunks-done``          set     chunk ids fully written: a chunk published twice (a
+                                                  producer killed between publish and bookkeeping) runs once
 ``labelq:jobs``                           zset    job id → created time (unix seconds)
 ``labelq:chunks``                         zset    chunk id (``{job}:{n}``) → enqueue time, removed when
                                                   a worker starts it: the oldest waiting chunk's age
@@ -57,6 +59,10 @@ def job_errors(job_id: str) -> str:
 
 def seen_event(uri: str, etag: str | None, sequencer: str | None = None) -> str:
     return f"{PREFIX}seen-event:{uri}:{etag or ''}:{sequencer or ''}"
+
+
+def job_chunks_done(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:chunks-done"
 
 
 def item_field(model: str, uri: str) -> str:

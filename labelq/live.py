@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .engine import Engine, Item
@@ -58,7 +59,7 @@ class Batcher:
         self,
         engine: Engine,
         classifier: Callable[[str], Any],
-        write: Callable[[str, list[Record]], None],
+        write: Callable[[str, list[Record]], Future[None] | None],
         *,
         max_batch_size: int,
         batch_timeout: float,
@@ -117,18 +118,30 @@ class Batcher:
             try:
                 classifiers = [self.classifier(m) for m in models]
                 records = self.engine.infer([p.item for p in group], job=job, classifiers=classifiers)
-                self.write(job, records)
+                after = self.write(job, records)
             except Exception as exc:
                 logger.exception("live batch of %d failed to write", len(group))
                 for p in group:
                     p.done.set_exception(exc)
                 continue
-            by_uri: dict[str, list[Record]] = {}
-            for rec in records:
-                by_uri.setdefault(rec.uri, []).append(rec)
-            for p in group:
-                p.done.set_result(by_uri.get(p.item.ref.uri, []))
+            if after is None:
+                _resolve(group, records)
+            else:  # tasks end (and are acknowledged) once the policy's actions ran, off this thread
+                after.add_done_callback(partial(_after_actions, group, records))
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+
+
+def _after_actions(group: list[_Pending], records: list[Record], _done: Future[None]) -> None:
+    _resolve(group, records)
+
+
+def _resolve(group: list[_Pending], records: list[Record]) -> None:
+    """Hand each waiting task its object's records."""
+    by_uri: dict[str, list[Record]] = {}
+    for rec in records:
+        by_uri.setdefault(rec.uri, []).append(rec)
+    for p in group:
+        p.done.set_result(by_uri.get(p.item.ref.uri, []))

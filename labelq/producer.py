@@ -149,6 +149,7 @@ def publish(app: Any, settings: Settings, job: str, refs: Sequence[ObjectRef], m
             args=[job, [r.to_json() for r in refs], list(models), chunk_id],
             queue=settings.queue,
             priority=priority,
+            task_id=chunk_id,  # a chunk published twice is one task id: workers run it once
             retry=True,
             retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
         )

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -271,12 +272,14 @@ class Stores:
         self.local = LocalStore(local_root if local_root is not None else settings.local_root, max_bytes=settings.max_bytes)
         self._s3_client = s3_client
         self._s3: S3Store | None = None
+        self._lock = threading.Lock()
 
     @property
     def s3(self) -> S3Store:
-        if self._s3 is None:
-            self._s3 = S3Store(self.settings, self._s3_client)
-        return self._s3
+        with self._lock:  # fetch threads race here on a fresh worker: one client, not sixteen
+            if self._s3 is None:
+                self._s3 = S3Store(self.settings, self._s3_client)
+            return self._s3
 
     def fetch(self, ref: ObjectRef) -> bytes:
         scheme = ref.uri.split("://", 1)[0]

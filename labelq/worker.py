@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, signals
@@ -43,7 +43,13 @@ def make_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=settings.queue,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu looks for expired unacked chunks only every 10 s x 10 polls (~100 s) by default;
+            # look often enough that a dead worker's chunk returns close to visibility_timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_heartbeat=0 if settings.broker_url.startswith("amqp") else None,
@@ -62,10 +68,12 @@ class Runtime:
     def __init__(self, settings: Settings, name: str) -> None:
         from .engine import Engine
         from .jobs import JobBook
+        from .logs import quiet_libraries
         from .redis_store import connect
         from .results import SQLStore
         from .storage import Stores
 
+        quiet_libraries()
         self.settings = settings
         self.name = name
         self.redis = connect(settings.jobs_redis)
@@ -132,10 +140,14 @@ class Runtime:
         self.engine.use(classifiers)
         images = written = 0
         start = time.perf_counter()
+        moderated = []
         for records in self.engine.run((ObjectRef.from_json(r) for r in refs), job=job):
-            self.write(job, records)
+            moderated.append(self.write(job, records))
             images += len(records) // len(classifiers)
             written += len(records)
+        for done in moderated:  # the chunk is acknowledged only once its actions ran
+            if done is not None:
+                done.result()
         seconds = time.perf_counter() - start
         if self.settings.broker_url.startswith(("redis", "rediss")) and seconds > self.settings.visibility_timeout / 2:
             logger.warning(
@@ -145,19 +157,20 @@ class Runtime:
             )
         return images, written
 
-    def write(self, job: str, records: list[Any]) -> None:
+    def write(self, job: str, records: list[Any]) -> Future[None] | None:
         """One batch's records: one Lua call (Redis store), or one SQL upsert + one Lua call.
 
         With a policy, a redelivered task must not turn an object we moved to quarantine into a
         ``not_found`` record: those records are dropped, the stored ok record stands. The policy's
-        actions then run on the moderation thread, so slow S3 calls or webhooks never hold inference.
+        actions then run on the moderation thread, so slow S3 calls or webhooks never hold inference;
+        the returned future says when they ran (tasks wait for it before they are acknowledged).
         """
         if self.moderator is not None:
             gone = [r.uri for r in records if r.error_kind == "not_found"]
             moved = self.moderator.moved(gone) if gone else set()
             records = [r for r in records if not (r.error_kind == "not_found" and r.uri in moved)]
             if not records:
-                return
+                return None
         start = time.perf_counter()
         if self.sql is not None:
             self.sql.write(records)
@@ -165,9 +178,10 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
-        if self.moderator is not None:
-            self._moderation_slots.acquire()  # bounded: a writer far ahead of the actions waits
-            self._moderation.submit(self._moderate, records)
+        if self.moderator is None:
+            return None
+        self._moderation_slots.acquire()  # bounded: a writer far ahead of the actions waits
+        return self._moderation.submit(self._moderate, records)
 
     def _moderate(self, records: list[Any]) -> None:
         try:
@@ -228,10 +242,13 @@ def runtime(hostname: str | None = None) -> Runtime:
 def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: str | None = None) -> dict[str, Any]:
     """Celery task: label a chunk of refs ``[[uri, size, etag], ...]`` with the named models."""
     rt = runtime(getattr(self.request, "hostname", None))
-    if chunk:
-        rt.book.started(job, chunk)
+    if chunk and rt.book.started(job, chunk):
+        logger.info("job %s chunk %s was already labelled: a duplicate message, skipped", job, chunk)
+        return {"images": 0, "records": 0, "duplicate": True}
     start = time.perf_counter()
     images, records = rt.label(job, refs, models)
+    if chunk:
+        rt.book.chunk_done(job, chunk)
     seconds = time.perf_counter() - start
     if rt.metrics is not None:
         rt.metrics.chunks.inc()
@@ -254,18 +271,25 @@ def label_one(self: Any, job: str, ref: list[Any], models: list[str], uploaded_a
 # ------------------------------------------------------------------------- signals
 
 
-@signals.worker_init.connect
-def _preload_in_process(sender: Any = None, **_: Any) -> None:
-    """Solo/threads pools run tasks in this process: load models now, before consuming."""
-    pool = str(getattr(sender, "pool_cls", "")).lower()
+@signals.celeryd_after_setup.connect
+def _preload_in_process(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Solo/threads pools run tasks in this process: load models now, before consuming.
+
+    After Celery set up logging (``worker_init`` comes before it, and start-up warnings would be lost).
+    """
+    pool = str(getattr(instance, "pool_cls", "")).lower()
     if "solo" in pool or "thread" in pool:
-        runtime(getattr(sender, "hostname", None))
+        runtime(str(sender) if sender else None)
 
 
 @signals.worker_process_init.connect
 def _preload_in_child(**_: Any) -> None:
-    """Prefork: each child loads its own models after the fork."""
-    runtime()
+    """Prefork: each child loads its own models after the fork (solo sends this signal too: skip it there,
+    ``_preload_in_process`` knows the node name)."""
+    from billiard.process import current_process
+
+    if current_process().name != "MainProcess":
+        runtime()
 
 
 @signals.worker_ready.connect

@@ -16,6 +16,7 @@ which chunk a worker holds.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import glob
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,25 @@ HOSTNAME = socket.gethostname()
 QUEUE = "labelq"
 READY = re.compile(r"worker (\S+) ready")
 # celery.worker.strategy / celery.app.trace lines at INFO
-RECEIVED = re.compile(r"Task labelq\.label_chunk\[([0-9a-f-]+)\] received")
-SUCCEEDED = re.compile(r"Task labelq\.label_chunk\[([0-9a-f-]+)\] succeeded")
+RECEIVED = re.compile(r"Task labelq\.label_chunk\[([^\]]+)\] received")
+SUCCEEDED = re.compile(r"Task labelq\.label_chunk\[([^\]]+)\] succeeded")
 # labelq.worker, once a chunk's records are all written
 CHUNK_DONE = re.compile(r"job (\S+) chunk (\S+): (\d+) images, (\d+) records in ([\d.]+)s")
 
 # Keep each process to one core's worth of threads: the test machine is small.
 THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+_STARTED: set[int] = set()  # process groups this test session started
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A safety net for an interrupted session: no process group we started outlives it."""
+    for pgid in _STARTED:
+        if group_members(pgid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
 
 
 class ProcError(RuntimeError):
@@ -130,6 +143,7 @@ class Proc:
                 start_new_session=True,
             )
         self.starts += 1
+        _STARTED.add(self.popen.pid)
         logger.info("started %s (pid %d), log %s", self, self.popen.pid, self.log)
         return self
 
@@ -187,6 +201,7 @@ class Proc:
         if not self.group_alive():
             return
         self.signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT, group=True)  # a stopped (SIGSTOP) process acts on SIGTERM only once continued
         if not self.wait_gone(timeout):
             logger.warning("%s ignored SIGTERM for %.0fs; killing its group", self, timeout)
             self.signal(signal.SIGKILL, group=True)
@@ -332,6 +347,7 @@ class Procs:
         running = [p for p in reversed(self.items) if p.group_alive()]
         for p in running:
             p.signal(signal.SIGTERM)
+            p.signal(signal.SIGCONT, group=True)
         deadline = time.monotonic() + timeout
         for p in running:
             try:
@@ -557,7 +573,3 @@ def chunk_executions(workers: Iterable[Worker], job: str) -> dict[str, int]:
             if j == job:
                 counts[chunk] = counts.get(chunk, 0) + 1
     return counts
-
-
-def iter_lines(text: str, needle: str) -> Iterator[str]:
-    return (line for line in text.splitlines() if needle in line)

@@ -18,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,11 +284,3 @@ def job_hash(client: Any, job: str) -> dict[str, str]:
     from labelq import keys
 
     return {k.decode(): v.decode() for k, v in client.hgetall(keys.job(job)).items()}
-
-
-def status_json(out: str) -> dict[str, Any]:
-    """``labelq status J --json`` output, parsed."""
-    return json.loads(out)
-
-
-Check = Callable[[dict[str, Any]], None]

@@ -271,3 +271,17 @@ def test_a_flushed_script_cache_is_survived(book: JobBook, redis_client: Any) ->
     book.record(job, [ok(uris(1)[0])])
     redis_client.script_flush()
     assert book.record(job, [ok(u) for u in uris(3)]) == (3, 0)
+
+
+def test_a_chunk_published_twice_is_labelled_once(book: JobBook, redis_client: Any) -> None:
+    """A producer killed between publish and bookkeeping republishes one chunk on resume: the worker that
+    finished the first copy is told to skip the second; the chunk leaves the waiting set either way."""
+    job = opened(book)
+    book.waiting(f"{job}:7")
+    assert redis_client.zscore(keys.CHUNKS, f"{job}:7") is not None
+    assert book.started(job, f"{job}:7") is False  # first copy: label it
+    assert redis_client.zscore(keys.CHUNKS, f"{job}:7") is None
+    assert book.started(job, f"{job}:7") is False  # a redelivery before it finished: label it again
+    book.chunk_done(job, f"{job}:7")
+    assert book.started(job, f"{job}:7") is True  # a duplicate after it finished: skip
+    assert book.started(job, f"{job}:8") is False
