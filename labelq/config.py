@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # --- pipeline
     fetch_threads: int = Field(16, ge=1, le=512, description="concurrent object fetches")
     decode_threads: int = Field(0, ge=0, le=512, description="decode threads; 0 = number of CPU cores")
+    torch_threads: int = Field(
+        0, ge=0, le=512, description="intra-op threads of a model on the CPU; 0 = half the cores (decode needs the rest)"
+    )
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches fetched/decoded ahead of inference")
     fast_decode: bool = Field(True, description="JPEG draft (DCT-domain) downscale + resize in Pillow to the model's geometry")
 
@@ -133,8 +136,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
+        cores = cpu_cores()
         if self.decode_threads == 0:
-            self.decode_threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+            self.decode_threads = cores
+        if self.torch_threads == 0:
+            self.torch_threads = max(1, cores // 2)
         return self
 
     @property
@@ -149,6 +155,13 @@ class Settings(BaseSettings):
     def results(self) -> str:
         """The distributed result store's URL (the job Redis unless set)."""
         return self.results_url or self.jobs_redis
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -174,6 +174,9 @@ class Classifier:
         self.name = name
         self.processor = processor
         self.device = resolve_device(settings.device)
+        if self.device.type == "cpu":
+            # Decode threads share the cores: torch's default of one thread per core oversubscribes them.
+            torch.set_num_threads(settings.torch_threads)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.top_k = settings.top_k
         derived = derive_preprocessing(processor) if settings.fast_decode else None
