@@ -257,7 +257,7 @@ def test_container_environment_is_valid_labelq_settings(
     assert settings.s3_endpoint_url == "http://minio:9000"
     assert settings.results == settings.jobs_redis == settings.broker_url  # records in the broker's Redis
     assert settings.models == ["Falconsai/nsfw_image_detection"]
-    assert settings.visibility_timeout == 3600 and settings.chunk_size == 64
+    assert settings.visibility_timeout == 3600 and settings.chunk_size == 256
 
 
 def test_postgres_profile_serves_the_sql_result_table(stack: dict[str, Any]) -> None:
