@@ -1,0 +1,294 @@
+"""``python -m bench``: labelq's throughput against what users would run instead, in one run.
+
+Commands (``python -m bench --help``):
+
+* ``python -m bench [--model mobilenetv3|vit] [--quick]``: on the same generated
+  JPEGs (640x480, 1920x1080, 4000x3000; distinct content) and the same model:
+  (a) the bare model on ready tensors, (b) transformers' pipeline, (c) naive
+  Celery (one task per image), (d) ``labelq run``, (e) the distributed path (Redis
+  + moto S3 + ``labelq worker`` + ``labelq enqueue --wait``); decode-alone and
+  model-alone rates and the limit they set together; fast-path pixel fidelity;
+  the levers. Prints the table, writes ``bench/out/bench-MODEL.json`` and the plot
+  ``docs/bench.png``.
+* ``python -m bench scale``: N = 1, 4, 16, 32 Celery workers against one Redis with
+  a SIMULATED model (fixed sleep per batch): efficiency and Redis round trips per image.
+* ``python -m bench gpu``: ViT-B/16 and MobileNetV3-small end to end vs the bare
+  model in bf16 on a CUDA device; skips cleanly without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from .common import DOCS, OUT, QUIET, cores, limit_ips, log, machine, offline_env, write_json
+
+PLANS: dict[tuple[str, bool], dict[str, Any]] = {
+    # (model, quick) -> images per size; batch sweep {batch: (images for labelq, images for the pipeline)}
+    # (the first images of the main size's set: slow points get fewer); naive Celery images
+    ("mobilenetv3", False): {"counts": {"640x480": 256, "1920x1080": 256, "4000x3000": 48},
+                             "batches": {1: (64, 64), 8: (128, 64), 64: (256, 128)}, "naive": 64},
+    ("mobilenetv3", True): {"counts": {"640x480": 32, "1920x1080": 64, "4000x3000": 8}, "batches": {8: (64, 32)},
+                            "naive": 32},
+    ("vit", False): {"counts": {"640x480": 16, "1920x1080": 32, "4000x3000": 8}, "batches": {8: (32, 16)},
+                     "naive": 16, "repeat": 2, "short": True},
+    ("vit", True): {"counts": {"640x480": 8, "1920x1080": 16, "4000x3000": 4}, "batches": {8: (16, 8)}, "naive": 8,
+                    "short": True},
+}
+STEPS = ("fidelity", "sizes", "batches", "naive", "distributed", "levers")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    for p in (parser, sub.add_parser("all", help="every mode on the same images and model (the default)")):
+        p.add_argument("--model", choices=("mobilenetv3", "vit"), default="mobilenetv3")
+        p.add_argument("--quick", action="store_true", help="fewer images and settings (about 2 minutes)")
+        p.add_argument("--repeat", type=int, default=None, help="runs per measurement, best kept (default 3, quick 1)")
+        p.add_argument("--batch", type=int, default=32, help="batch size of the main table (labelq's default)")
+        p.add_argument("--skip", default="", help=f"comma-separated steps to skip: {', '.join(STEPS)}")
+        p.add_argument("--no-plot", action="store_true", help="do not write docs/bench.png")
+        p.add_argument("--no-wait", action="store_true",
+                       help="do not wait (up to 20 s) for a quiet machine before each measurement")
+    sc = sub.add_parser("scale", help="N workers against one Redis, SIMULATED model")
+    sc.add_argument("--workers", default="1,4,16,32", help="worker counts")
+    sc.add_argument("--batch-seconds", type=float, default=0.2, help="simulated model time per batch")
+    sc.add_argument("--batch-size", type=int, default=32)
+    sc.add_argument("--chunk-size", type=int, default=64)
+    sc.add_argument("--chunks-per-worker", type=int, default=20)
+    sc.add_argument("--quick", action="store_true", help="N = 1, 4 and 5 chunks per worker")
+    sc.add_argument("--no-proposals", action="store_true",
+                    help="skip the extra rows at the largest N (chunks 4x larger; prototype: one write per chunk)")
+    gp = sub.add_parser("gpu", help="ViT-B and MobileNetV3 end to end vs bare model, bf16, on CUDA")
+    gp.add_argument("--quick", action="store_true")
+    gp.add_argument("--repeat", type=int, default=2)
+    gp.add_argument("--images", type=int, default=None, help="1080p JPEGs (default 1024, quick 64)")
+    gp.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA (to test the script)")
+    args = parser.parse_args(argv)
+    offline_env()
+    if getattr(args, "no_wait", False):
+        QUIET["wait_s"] = 0.0
+    if args.command == "scale":
+        return _scale(args)
+    if args.command == "gpu":
+        return _gpu(args)
+    return _all(args)
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from . import scale
+
+    ns = [1, 4] if args.quick else [int(n) for n in args.workers.split(",")]
+    chunks = 5 if args.quick else args.chunks_per_worker
+    log(f"scale SIMULATION: workers {ns}, {args.batch_seconds}s per batch of {args.batch_size} (no model), "
+        f"chunks of {args.chunk_size}, {chunks} chunks per worker")
+    common = {"batch_s": args.batch_seconds, "batch_size": args.batch_size, "chunks_per_worker": chunks}
+    bigger = () if args.no_proposals else (4 * args.chunk_size,)
+    res = scale.run(ns, chunk_size=args.chunk_size, more_chunk_sizes=bigger, **common)
+    res["machine"] = machine()
+    res["command"] = "python -m bench " + " ".join(sys.argv[1:])
+    res["proposals"] = []
+    if not args.no_proposals:
+        log(f"PROTOTYPE at N={max(ns)}: one job-book write per chunk, pipelined with the ZREM (bench/scale_worker.py)")
+        res["proposals"].append(scale.run([max(ns)], chunk_size=args.chunk_size, more_chunk_sizes=bigger,
+                                          variant="one-write", **common))
+    write_json(OUT / "scale.json", res)
+    print("| task body | chunk | workers | ideal img/s | measured img/s | efficiency | round trips/img | commands/img "
+          "| Redis CPU µs/img |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run in [res, *res["proposals"]]:
+        for r in run["rows"]:
+            print(f"| {run['variant']} | {r['chunk_size']} | {r['workers']} | {r['ideal_images_per_s']:.0f} | "
+                  f"{r['images_per_s']:.0f} | {100 * r['efficiency']:.1f}% | {r['round_trips_per_image']:.3f} | "
+                  f"{r['commands_per_image']:.2f} | {r['redis_cpu_us_per_image']:.0f} |")
+    print(f"wrote {OUT / 'scale.json'}")
+    return 0
+
+
+def _gpu(args: argparse.Namespace) -> int:
+    from . import gpu
+
+    res = gpu.run(quick=args.quick, allow_cpu=args.allow_cpu, repeat=args.repeat, n=args.images)
+    if "skipped" in res:
+        return 0
+    write_json(OUT / "gpu.json", res)
+    print(f"wrote {OUT / 'gpu.json'}")
+    return 0
+
+
+def _all(args: argparse.Namespace) -> int:
+    from . import data, fidelity, levers, modes, report
+
+    started = time.perf_counter()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(STEPS)
+    if unknown:
+        raise SystemExit(f"unknown --skip step(s) {', '.join(sorted(unknown))}: use {', '.join(STEPS)}")
+    plan = PLANS[(args.model, args.quick)]
+    repeat = args.repeat or plan.get("repeat") or (1 if args.quick else 3)
+    short = plan.get("short", False)  # ViT-B on a CPU: fewer prototype variants and levers
+    batch = args.batch
+    batches = sorted(set(plan["batches"]) | {batch})
+    sweep = plan["batches"]
+    n_cores = cores()
+    info = machine()
+    log(f"bench: {data.MODELS[args.model]}, batch {batch}, {n_cores} cores ({info['cpu']}), torch {info['torch']}, "
+        f"load average {info['load_avg_1m']}")
+    model = data.model(args.model)
+    folders = {size: data.photos(size, n) for size, n in plan["counts"].items()}
+    prepared = time.perf_counter() - started
+    main_size = report.MAIN_SIZE
+    main_paths = data.files(folders[main_size])
+    res: dict[str, Any] = {
+        "command": "python -m bench " + " ".join(sys.argv[1:]), "machine": info, "model": args.model,
+        "model_desc": data.MODELS[args.model], "batch": batch, "batches": batches, "repeat": repeat,
+        "sizes": list(plan["counts"]), "counts": plan["counts"], "limit": {},
+        "measures": {k: {} for k in ("bare", "model_alone", "decode_fast", "decode_exact", "pipeline", "labelq_run",
+                                     "labelq_run_proto", "labelq_cli", "labelq_batch", "pipeline_batch")},
+        "details": {}, "sweep_counts": {str(b): v for b, v in plan["batches"].items()},
+    }
+    m, details = res["measures"], res["details"]
+
+    def keep(group: str, key: str, measure: Any) -> None:
+        m[group][key] = round(measure.ips, 2)
+        details.setdefault(group, {})[key] = measure.to_dict()
+
+    if "fidelity" not in skip:
+        log("fast-path fidelity (pixels vs the model's own processor):")
+        generated = [p for f in folders.values() for p in data.files(f)[:4]]
+        res["fidelity"] = fidelity.run({"mobilenetv3": data.model("mobilenetv3"), "vit": data.tiny_vit()},
+                                       data.real_photos(), generated)
+
+    log("model (ready batches):")
+    clf = modes.classifier(model, batch_size=batch)
+    for b in batches:
+        keep("bare", str(b), modes.bare(clf, b, repeat=repeat))
+        keep("model_alone", str(b), modes.model_alone(clf, b, repeat=repeat))
+
+    if "sizes" not in skip:
+        exact = modes.classifier(model, fast_decode=False)
+        for size, folder in folders.items():
+            log(f"{size} ({plan['counts'][size]} JPEGs):")
+            paths = data.files(folder)
+            keep("decode_fast", size, modes.decode_alone(clf, paths, n_cores, repeat=repeat))
+            if size == main_size:
+                keep("decode_exact", size, modes.decode_alone(exact, paths, n_cores, repeat=repeat))
+                details["decode_fast_1_thread"] = modes.decode_alone(clf, paths, 1, repeat=repeat).to_dict()
+            # The machine's speed drifts over minutes: the model is measured again next to labelq's runs,
+            # before and after them, and the faster figure sets the limit (the stricter one for labelq).
+            before = modes.model_alone(clf, batch, repeat=repeat)
+            keep("labelq_run", size, modes.labelq_run(model, folder, repeat=repeat, batch_size=batch))
+            keep("labelq_run_proto", size, modes.labelq_run(model, folder, repeat=repeat, batch_size=batch, threads=1,
+                                                            name="labelq run, torch threads=1 (proto)"))
+            after = modes.model_alone(clf, batch, repeat=repeat)
+            details.setdefault("model_alone_near", {})[size] = [before.to_dict(), after.to_dict()]
+            model_ips = max(before.ips, after.ips)
+            res.setdefault("limit_inputs", {})[size] = {"decode": m["decode_fast"][size], "model": round(model_ips, 2)}
+            res["limit"][size] = round(limit_ips(m["decode_fast"][size], model_ips), 2)
+            log(f"  {'decode + model limit':<34} {res['limit'][size]:8.1f} img/s  (1 / (1/decode + 1/model), "
+                f"model {model_ips:.0f} img/s)")
+            keep("pipeline", size, modes.pipeline(model, paths, batch, repeat=repeat))
+            if size == main_size:
+                cli = (("default", None), ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
+                       ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"}))
+                for key, env in cli[:1] if short else cli:
+                    keep("labelq_cli", key, modes.labelq_cli(model, folder, repeat=repeat, batch=batch, env=env,
+                                                             name=f"labelq run CLI [{key}]"))
+        del exact
+    del clf
+
+    if "batches" not in skip:
+        log(f"batch sweep on {main_size}:")
+        for b in batches:
+            if b == batch and main_size in m["labelq_run"]:
+                m["labelq_batch"][str(b)] = m["labelq_run"][main_size]
+                m["pipeline_batch"][str(b)] = m["pipeline"][main_size]
+                continue
+            n_labelq, n_pipe = sweep.get(b, (plan["counts"][main_size],) * 2)
+            keep("labelq_batch", str(b), modes.labelq_run(model, data.photos(main_size, n_labelq), repeat=repeat,
+                                                          batch_size=b))
+            keep("pipeline_batch", str(b), modes.pipeline(model, main_paths[:n_pipe], b, repeat=1))
+
+    if "naive" not in skip:
+        from . import naive_celery
+
+        log("naive Celery (1 task per image, prefork defaults):")
+        measure = naive_celery.measure(str(model), [str(p) for p in main_paths[: plan["naive"]]], repeat=1)
+        m["naive"] = round(measure.ips, 2)
+        details["naive"] = measure.to_dict()
+
+    if "distributed" not in skip:
+        from . import distributed
+
+        log("distributed (redis-server + moto S3 + labelq worker --devices cpu + labelq enqueue --wait):")
+        variant = distributed.Variant
+        variants = [distributed.DEFAULT]
+        if short:
+            variants.append(variant("PROTO torch threads=1", (("OMP_NUM_THREADS", "1"),)))
+        elif not args.quick:
+            one = (("OMP_NUM_THREADS", "1"),)
+            # bench.proto_worker: chunks through one long-lived pipeline (the live Batcher), two tasks in flight
+            piped = (*one, ("LABELQ_MAX_BATCH_SIZE", str(batch)), ("LABELQ_BATCH_TIMEOUT", "1.0"))
+            threads2 = ("threads", "--concurrency", "2")
+            variants += [
+                variant("PROTO torch threads=1", one),
+                variant("PROTO torch threads=1, chunk_size=256", (*one, ("LABELQ_CHUNK_SIZE", "256"))),
+                variant("PROTO torch threads=1, pipelined chunks", piped, pool=threads2, app="bench.proto_worker"),
+                variant("PROTO torch threads=1, local folder (no S3)", one, source="local"),
+                variant("PROTO torch threads=1, pipelined chunks, local folder (no S3)", piped, source="local",
+                        pool=threads2, app="bench.proto_worker"),
+            ]
+        dist = distributed.measure(str(model), main_paths, batch_size=batch, repeat=repeat, variants=tuple(variants))
+        res["distributed"] = {}
+        for name, pair in dist.items():
+            res["distributed"][name] = {"job": round(pair["job"].ips, 2), "wall": round(pair["wall"].ips, 2)}
+            details.setdefault("distributed", {})[name] = {k: v.to_dict() for k, v in pair.items()}
+        m["distributed_job"] = res["distributed"]["defaults"]["job"]
+        m["distributed_wall"] = res["distributed"]["defaults"]["wall"]
+
+    if "levers" not in skip:
+        log(f"levers (steady-state engine on {main_size}, one setting toggled at a time):")
+        res["levers"] = levers.run(args.model, model, folders[main_size], repeat=repeat, quick=args.quick or short,
+                                   cores=n_cores, batch_size=batch)
+
+    res["seconds"] = {"total": round(time.perf_counter() - started, 1), "data_and_models": round(prepared, 1)}
+    res["machine"]["load_avg_1m_end"] = machine()["load_avg_1m"]
+    res["targets"] = report.targets(res) if "sizes" not in skip else []
+    name = f"bench-{args.model}{'-quick' if args.quick else ''}"
+    write_json(OUT / f"{name}.json", res)
+    print()
+    if "sizes" not in skip:
+        print(report.table(res))
+        print()
+        print(report.by_size_table(res))
+        print()
+    if "batches" not in skip:
+        print(report.by_batch_table(res))
+        print()
+    if res["targets"]:
+        print("targets (issue 5):")
+        print(report.targets_text(res["targets"]))
+    if res.get("levers"):
+        print("\nlevers (steady-state engine, 1080p):")
+        for row in res["levers"]:
+            if "error" in row:
+                print(f"  {row['lever']}={row['value']}: failed: {row['error']}")
+            else:
+                vs = f"× {row['vs_defaults']:.2f} of defaults" if row.get("vs_defaults") else ""
+                print(f"  {row['lever'] + '=' + str(row['value']):<42} {row['images_per_s']:8.1f} img/s  {vs}")
+    print(f"\nwrote {OUT / (name + '.json')}", end="")
+    if not args.no_plot and "sizes" not in skip and "batches" not in skip:
+        plot_path = DOCS / ("bench.png" if args.model == "mobilenetv3" and not args.quick else f"{name}.png")
+        if args.quick:
+            plot_path = OUT / f"{name}.png"
+        report.plot(res, plot_path)
+        print(f" and {plot_path}", end="")
+    print(f" in {res['seconds']['total']:.0f}s ({res['seconds']['data_and_models']:.0f}s of it making data/models)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
