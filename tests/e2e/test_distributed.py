@@ -208,7 +208,7 @@ def test_a_second_job_skips_what_is_labelled_and_force_relabels(cluster: Cluster
 
 
 def test_no_visibility_warning_with_default_settings(cluster: Cluster) -> None:
-    """Chunks of 64 tiny-model images are far inside the default visibility timeout: no start-up warning."""
+    """Chunks of tiny-model images are far inside the default visibility timeout: no start-up warning."""
     assert all("visibility_timeout" not in w.text() for w in cluster.workers)
 
 
@@ -217,7 +217,12 @@ def test_no_visibility_warning_with_default_settings(cluster: Cluster) -> None:
 
 def test_an_enqueue_killed_mid_listing_resumes_without_duplicates(redis_url: str, redis_client: Any, procs: Procs,
                                                                  tmp_path: Path) -> None:
-    """No workers: what the producer published stays in the queue, where the test counts it."""
+    """No workers: what the producer published stays in the queue, where the test counts it.
+
+    A kill that lands between a publish and its bookkeeping leaves that one chunk to be published
+    again on resume; both copies carry the chunk id as task id and a worker runs it once (see
+    test_reliability). Everything else is listed, counted and published once.
+    """
     n, size = 5000, 5
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("".join(f"s3://bkt/m/{i:05d}.jpg\n" for i in range(n)))
@@ -240,9 +245,12 @@ def test_an_enqueue_killed_mid_listing_resumes_without_duplicates(redis_url: str
     assert int(state["chunks"]) == n // size
     chunks = queued_chunks(redis_client)
     twice = sorted(str(c) for c, k in Counter(c.chunk for c in chunks).items() if k > 1)
-    assert not twice, f"published twice: {twice} (killed at listed={killed['listed']}, chunks={killed['chunks']})"
-    assert queue_length(redis_client) == len(chunks) == n // size
-    listed = Counter(uri for c in chunks for uri in c.uris)
+    assert len(twice) <= 1, f"published twice: {twice} (killed at listed={killed['listed']}, chunks={killed['chunks']})"
+    if twice:  # only the chunk published just before the kill, whose bookkeeping the kill prevented
+        assert twice == [f"resume:{killed['chunks']}"], (twice, killed)
+    assert all(c.task_id == c.chunk for c in chunks)
+    assert queue_length(redis_client) == len(chunks) == n // size + len(twice)
+    listed = Counter(uri for c in {c.chunk: c for c in chunks}.values() for uri in c.uris)
     assert set(listed.values()) == {1} and len(listed) == n
 
 
