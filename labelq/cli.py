@@ -137,6 +137,16 @@ def _services(settings: Settings) -> tuple[Any, Any]:
     return book, store
 
 
+def _job_services(job: str) -> tuple[Settings, Any, Any]:
+    """Settings, job book and result store for a command about one existing job."""
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    book, store = _services(settings)
+    if book.info(job) is None:
+        raise UsageError(f"no such job: {job}")
+    return settings, book, store
+
+
 @app.command()
 @clean_errors
 def worker(
@@ -308,11 +318,7 @@ def export(
     from .records import RecordWriter, format_for
     from .redis_store import job_records
 
-    settings = load_settings()
-    setup_logging(settings, quiet=True)
-    book, store = _services(settings)
-    if book.info(job) is None:
-        raise UsageError(f"no such job: {job}")
+    _, book, store = _job_services(job)
     kind = format_for(output, fmt) if output else (fmt or "jsonl")
     if kind == "parquet" and output is None:
         raise UsageError("parquet needs a file: add -o FILE.parquet")
@@ -435,11 +441,7 @@ def moderate_apply(
     from .redis_store import job_records
     from .storage import Stores
 
-    settings = load_settings()
-    setup_logging(settings, quiet=True)
-    book, store = _services(settings)
-    if book.info(job) is None:
-        raise UsageError(f"no such job: {job}")
+    settings, book, store = _job_services(job)
     moderator = Moderator(load_policy(policy), redis=book.redis, stores=Stores(settings))
     total: dict[str, int] = {}
     for page in chunks(job_records(book, store, job), 1000):
