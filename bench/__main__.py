@@ -57,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--workers", default="1,4,16,32", help="worker counts")
     sc.add_argument("--batch-seconds", type=float, default=0.2, help="simulated model time per batch")
     sc.add_argument("--batch-size", type=int, default=32)
-    sc.add_argument("--chunk-size", type=int, default=64)
-    sc.add_argument("--chunks-per-worker", type=int, default=20)
-    sc.add_argument("--quick", action="store_true", help="N = 1, 4 and 5 chunks per worker")
+    sc.add_argument("--chunk-size", type=int, default=None, help="default: labelq's (LABELQ_CHUNK_SIZE default)")
+    sc.add_argument("--images-per-worker", type=int, default=2560,
+                    help="work per worker and run (2560 = 16 s at the defaults)")
+    sc.add_argument("--quick", action="store_true", help="N = 1, 4 and 640 images per worker")
     sc.add_argument("--no-proposals", action="store_true",
-                    help="skip the extra rows at the largest N (chunks 4x larger; prototype: one write per chunk)")
+                    help="skip the extra rows at the largest N (the other chunk size of 64/256; prototype: one write "
+                         "per chunk)")
     gp = sub.add_parser("gpu", help="ViT-B and MobileNetV3 end to end vs bare model, bf16, on CUDA")
     gp.add_argument("--quick", action="store_true")
     gp.add_argument("--repeat", type=int, default=2)
@@ -82,18 +84,23 @@ def _scale(args: argparse.Namespace) -> int:
     from . import scale
 
     ns = [1, 4] if args.quick else [int(n) for n in args.workers.split(",")]
-    chunks = 5 if args.quick else args.chunks_per_worker
+    per_worker = 640 if args.quick else args.images_per_worker
+    from labelq.config import load_settings
+
+    chunk = args.chunk_size or load_settings(models=["x"]).chunk_size
+    chunks = max(1, round(per_worker / chunk))
     log(f"scale SIMULATION: workers {ns}, {args.batch_seconds}s per batch of {args.batch_size} (no model), "
-        f"chunks of {args.chunk_size}, {chunks} chunks per worker")
+        f"{chunks} chunks of {chunk} per worker")
     common = {"batch_s": args.batch_seconds, "batch_size": args.batch_size, "chunks_per_worker": chunks}
-    bigger = () if args.no_proposals else (4 * args.chunk_size,)
-    res = scale.run(ns, chunk_size=args.chunk_size, more_chunk_sizes=bigger, **common)
+    # at the largest N: the other of 64 (labelq's first default) and 256 (its default since the bench measured both)
+    other = () if args.no_proposals else tuple(sorted({64, 256} - {chunk}))
+    res = scale.run(ns, chunk_size=chunk, more_chunk_sizes=other, **common)
     res["machine"] = machine()
     res["command"] = "python -m bench " + " ".join(sys.argv[1:])
     res["proposals"] = []
     if not args.no_proposals:
         log(f"PROTOTYPE at N={max(ns)}: one job-book write per chunk, pipelined with the ZREM (bench/scale_worker.py)")
-        res["proposals"].append(scale.run([max(ns)], chunk_size=args.chunk_size, more_chunk_sizes=bigger,
+        res["proposals"].append(scale.run([max(ns)], chunk_size=chunk, more_chunk_sizes=other,
                                           variant="one-write", **common))
     write_json(OUT / "scale.json", res)
     print("| task body | chunk | workers | ideal img/s | measured img/s | efficiency | round trips/img | commands/img "
@@ -147,7 +154,7 @@ def _all(args: argparse.Namespace) -> int:
         "model_desc": data.MODELS[args.model], "batch": batch, "batches": batches, "repeat": repeat,
         "sizes": list(plan["counts"]), "counts": plan["counts"], "limit": {},
         "measures": {k: {} for k in ("bare", "model_alone", "decode_fast", "decode_exact", "pipeline", "labelq_run",
-                                     "labelq_run_proto", "labelq_cli", "labelq_batch", "pipeline_batch")},
+                                     "labelq_run_before", "labelq_cli", "labelq_batch", "pipeline_batch")},
         "details": {}, "sweep_counts": {str(b): v for b, v in plan["batches"].items()},
     }
     m, details = res["measures"], res["details"]
@@ -181,8 +188,9 @@ def _all(args: argparse.Namespace) -> int:
             # before and after them, and the faster figure sets the limit (the stricter one for labelq).
             before = modes.model_alone(clf, batch, repeat=repeat)
             keep("labelq_run", size, modes.labelq_run(model, folder, repeat=repeat, batch_size=batch))
-            keep("labelq_run_proto", size, modes.labelq_run(model, folder, repeat=repeat, batch_size=batch, threads=1,
-                                                            name="labelq run, torch threads=1 (proto)"))
+            keep("labelq_run_before", size, modes.labelq_run(model, folder, repeat=repeat, batch_size=batch,
+                                                             torch_threads=n_cores,
+                                                             name=f"labelq run, torch_threads={n_cores}"))
             after = modes.model_alone(clf, batch, repeat=repeat)
             details.setdefault("model_alone_near", {})[size] = [before.to_dict(), after.to_dict()]
             model_ips = max(before.ips, after.ips)
@@ -192,9 +200,11 @@ def _all(args: argparse.Namespace) -> int:
                 f"model {model_ips:.0f} img/s)")
             keep("pipeline", size, modes.pipeline(model, paths, batch, repeat=repeat))
             if size == main_size:
-                cli = (("default", None), ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
-                       ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"}))
-                for key, env in cli[:1] if short else cli:
+                all_threads = {"LABELQ_TORCH_THREADS": str(n_cores)}
+                cli = (("default", None), (f"LABELQ_TORCH_THREADS={n_cores}", all_threads),
+                       (f"LABELQ_TORCH_THREADS={n_cores} OMP_WAIT_POLICY=PASSIVE",
+                        {**all_threads, "OMP_WAIT_POLICY": "PASSIVE"}))
+                for key, env in cli[:2] if short else cli:
                     keep("labelq_cli", key, modes.labelq_cli(model, folder, repeat=repeat, batch=batch, env=env,
                                                              name=f"labelq run CLI [{key}]"))
         del exact
@@ -226,20 +236,19 @@ def _all(args: argparse.Namespace) -> int:
         log("distributed (redis-server + moto S3 + labelq worker --devices cpu + labelq enqueue --wait):")
         variant = distributed.Variant
         variants = [distributed.DEFAULT]
+        all_cores = (("LABELQ_TORCH_THREADS", str(n_cores)),)
         if short:
-            variants.append(variant("PROTO torch threads=1", (("OMP_NUM_THREADS", "1"),)))
+            variants.append(variant(f"torch_threads={n_cores}", all_cores))
         elif not args.quick:
-            one = (("OMP_NUM_THREADS", "1"),)
+            small = (("LABELQ_CHUNK_SIZE", "64"),)
             # bench.proto_worker: chunks through one long-lived pipeline (the live Batcher), two tasks in flight
-            piped = (*one, ("LABELQ_MAX_BATCH_SIZE", str(batch)), ("LABELQ_BATCH_TIMEOUT", "1.0"))
-            threads2 = ("threads", "--concurrency", "2")
+            piped = (*small, ("LABELQ_MAX_BATCH_SIZE", str(batch)), ("LABELQ_BATCH_TIMEOUT", "1.0"))
             variants += [
-                variant("PROTO torch threads=1", one),
-                variant("PROTO torch threads=1, chunk_size=256", (*one, ("LABELQ_CHUNK_SIZE", "256"))),
-                variant("PROTO torch threads=1, pipelined chunks", piped, pool=threads2, app="bench.proto_worker"),
-                variant("PROTO torch threads=1, local folder (no S3)", one, source="local"),
-                variant("PROTO torch threads=1, pipelined chunks, local folder (no S3)", piped, source="local",
-                        pool=threads2, app="bench.proto_worker"),
+                variant(f"chunk_size=64, torch_threads={n_cores}", (*small, *all_cores)),
+                variant("local folder (no S3)", source="local"),
+                variant("chunk_size=64, local folder (no S3)", small, source="local"),
+                variant("PROTO pipelined chunks, chunk_size=64, local folder (no S3)", piped, source="local",
+                        pool=("threads", "--concurrency", "2"), app="bench.proto_worker"),
             ]
         dist = distributed.measure(str(model), main_paths, batch_size=batch, repeat=repeat, variants=tuple(variants))
         res["distributed"] = {}
@@ -281,9 +290,8 @@ def _all(args: argparse.Namespace) -> int:
                 print(f"  {row['lever'] + '=' + str(row['value']):<42} {row['images_per_s']:8.1f} img/s  {vs}")
     print(f"\nwrote {OUT / (name + '.json')}", end="")
     if not args.no_plot and "sizes" not in skip and "batches" not in skip:
-        plot_path = DOCS / ("bench.png" if args.model == "mobilenetv3" and not args.quick else f"{name}.png")
-        if args.quick:
-            plot_path = OUT / f"{name}.png"
+        # docs/bench.png is the default run's; other models and --quick plot next to their JSON.
+        plot_path = DOCS / "bench.png" if args.model == "mobilenetv3" and not args.quick else OUT / f"{name}.png"
         report.plot(res, plot_path)
         print(f" and {plot_path}", end="")
     print(f" in {res['seconds']['total']:.0f}s ({res['seconds']['data_and_models']:.0f}s of it making data/models)")

@@ -2,9 +2,9 @@
 
 Every lever is a :class:`labelq.config.Settings` field, measured as the engine's
 img/s over the same files with the classifier warmed up at the run's batch size
-(so ``compile`` is timed after compiling), runs interleaved round-robin. One more, not a setting today: torch's intra-op threads
-(``torch.set_num_threads``), because on a CPU the model and the decode threads
-share the same cores; it is reported as a proposal.
+(so ``compile`` is timed after compiling), runs interleaved round-robin. torch's
+thread count is process-wide and labelq sets it when a model loads, so each run
+sets its lever's ``torch_threads`` again before it starts.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ def plan(model_name: str, quick: bool, cores: int) -> list[tuple[str, Any, dict[
     more = [max(1, cores // 2), 2 * cores] if cores > 1 else [2]
     levers: list[tuple[str, Any, dict[str, Any]]] = [("defaults", "-", {})]
     levers += [("fast_decode", False, {"fast_decode": False})]
-    levers += [("torch_threads (not a setting)", 1, {"_torch_threads": 1})]
+    if hasattr(d, "torch_threads"):
+        levers += [("torch_threads", n, {"torch_threads": n}) for n in sorted({1, cores}) if n != d.torch_threads]
     if model_name != "vit":
         levers += [("decode_threads", n, {"decode_threads": n}) for n in more if n != d.decode_threads]
-        levers += [("torch_threads + decode_threads", f"1 + {n}", {"_torch_threads": 1, "decode_threads": n})
-                   for n in sorted({1, max(1, cores - 1)})]
+        if hasattr(d, "torch_threads") and cores > 1:
+            levers += [("torch_threads + decode_threads", f"{cores} + 1", {"torch_threads": cores, "decode_threads": 1})]
     if model_name != "vit":  # for ViT-B on a CPU the model is the whole cost: pools and prefetch do not show
         levers += [("fetch_threads", n, {"fetch_threads": n}) for n in (1, 4)]
         levers += [("prefetch_batches", n, {"prefetch_batches": n}) for n in (1, 4) if n != d.prefetch_batches]
@@ -60,12 +61,12 @@ def run(model_name: str, model: Path, folder: Path, *, repeat: int, quick: bool,
     source = parse_source(str(folder))
     prepared: list[dict[str, Any]] = []
     for lever, value, overrides in plan(model_name, quick, cores):
-        threads = overrides.pop("_torch_threads", None)
         row: dict[str, Any] = {"lever": lever, "value": value,
                                "default": "-" if lever == "defaults" else _default(defaults, lever)}
         try:
             s = make_settings(model, batch_size=batch_size, **overrides)
-            with torch_threads(threads):
+            threads = getattr(s, "torch_threads", None)  # what labelq set while loading this lever's model
+            with torch_threads(None):
                 clf = load_classifier(str(model), s)
                 start = time.perf_counter()
                 clf.warmup(s.batch_size)
@@ -136,8 +137,6 @@ def attention(model: Path, *, batch: int, repeat: int) -> list[dict[str, Any]]:
 
 
 def _default(defaults: Any, lever: str) -> Any:
-    if lever.startswith("torch_threads"):
-        import torch
-
-        return f"{torch.get_num_threads()} (torch default)"
+    if lever == "torch_threads + decode_threads":
+        return f"{getattr(defaults, 'torch_threads', '-')} + {defaults.decode_threads}"
     return getattr(defaults, lever, "-")

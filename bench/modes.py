@@ -10,9 +10,12 @@
   over the file paths: what a user writes instead of labelq.
 * ``labelq_run``: :func:`labelq.embedded.run_embedded` (``labelq run`` minus the
   process start and model load, exactly its own "images/s" clock), with the
-  SQLite result table in a temporary folder.
-* ``engine_steady``: the engine over the same files with a warmed-up classifier
-  (no first-batch costs): used for the levers, where a setting is toggled.
+  SQLite result table in a temporary folder; ``labelq_cli``: the real command.
+
+torch's intra-op thread count is process-wide, and labelq sets it when it loads a
+model on the CPU (``Settings.torch_threads``). The bare model, the model alone and
+the pipeline therefore run with every core's thread (the machine's capacity, what
+a user's pipeline gets), and each labelq measurement puts the count back after it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import QUIET, Measure, Probe, log, settle, timed
+from .common import QUIET, Measure, Probe, cores, log, settle, timed
 
 
 def settings(model: Path, **overrides: Any) -> Any:
@@ -61,6 +64,11 @@ def _iters(step: Any, target_s: float) -> int:
 
 
 def bare(clf: Any, batch: int, *, repeat: int, target_s: float = 1.0) -> Measure:
+    with torch_threads(cores()):
+        return _bare(clf, batch, repeat=repeat, target_s=target_s)
+
+
+def _bare(clf: Any, batch: int, *, repeat: int, target_s: float) -> Measure:
     import torch
 
     h, w = clf.geometry.out_size if clf.geometry is not None else clf.input_shape()[1:]
@@ -78,10 +86,16 @@ def bare(clf: Any, batch: int, *, repeat: int, target_s: float = 1.0) -> Measure
         for _ in range(n):
             step()
 
-    return timed("bare model (ready tensors)", batch * n, run, repeat=repeat, batch=batch, dtype=str(clf.dtype)[6:])
+    return timed("bare model (ready tensors)", batch * n, run, repeat=repeat, batch=batch, dtype=str(clf.dtype)[6:],
+                 torch_threads=torch.get_num_threads())
 
 
 def model_alone(clf: Any, batch: int, *, repeat: int, target_s: float = 1.0) -> Measure:
+    with torch_threads(cores()):
+        return _model_alone(clf, batch, repeat=repeat, target_s=target_s)
+
+
+def _model_alone(clf: Any, batch: int, *, repeat: int, target_s: float) -> Measure:
     shape = clf.input_shape()
     rng = np.random.default_rng(0)
     if clf.geometry is not None:
@@ -95,7 +109,10 @@ def model_alone(clf: Any, batch: int, *, repeat: int, target_s: float = 1.0) -> 
         for _ in range(n):
             clf.predict(x)
 
-    return timed("model alone (predict, uint8 in)", batch * n, run, repeat=repeat, batch=batch)
+    import torch
+
+    return timed("model alone (predict, uint8 in)", batch * n, run, repeat=repeat, batch=batch,
+                 torch_threads=torch.get_num_threads())
 
 
 def decode_alone(clf: Any, paths: list[Path], threads: int, *, repeat: int) -> Measure:
@@ -132,6 +149,11 @@ def decode_alone(clf: Any, paths: list[Path], threads: int, *, repeat: int) -> M
 
 
 def pipeline(model: Path, paths: list[Path], batch: int, *, repeat: int) -> Measure:
+    with torch_threads(cores()):
+        return _pipeline(model, paths, batch, repeat=repeat)
+
+
+def _pipeline(model: Path, paths: list[Path], batch: int, *, repeat: int) -> Measure:
     import torch
     from transformers import pipeline as make_pipeline
 
@@ -169,10 +191,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def labelq_run(model: Path, folder: Path, *, repeat: int, name: str = "labelq run (embedded)",
-               threads: int | None = None, **overrides: Any) -> Measure:
+               **overrides: Any) -> Measure:
     """``labelq run FOLDER --force`` in this process, timed by its own summary clock.
 
-    ``threads``: PROTOTYPE lever, torch's intra-op threads for the run (labelq leaves torch's default).
+    ``overrides``: settings (``batch_size``, ``torch_threads``, ...). torch's thread count, which
+    labelq sets while loading the model, is put back afterwards.
     """
     from labelq.embedded import run_embedded
 
@@ -181,7 +204,7 @@ def labelq_run(model: Path, folder: Path, *, repeat: int, name: str = "labelq ru
     images = 0
     while len(runs) < repeat or (len(runs) < 2 * repeat + 1 and foreign[runs.index(min(runs))] > QUIET["threshold"]):
         settle()
-        with _tmp_db() as db, torch_threads(threads):
+        with _tmp_db() as db, torch_threads(None):
             probe = Probe()
             summary = run_embedded(str(folder), settings(model, db_url=db, **overrides), force=True, progress=False)
             foreign.append(round(probe.foreign_cores(), 2))
@@ -189,7 +212,7 @@ def labelq_run(model: Path, folder: Path, *, repeat: int, name: str = "labelq ru
             raise RuntimeError(f"labelq run produced errors: {dict(summary.errors)}")
         images = summary.images
         runs.append(summary.seconds)
-    params = dict(overrides, **({"torch_threads": threads} if threads else {}))
+    params = dict(overrides)
     m = Measure(name, images, runs, params, {"foreign_cores": foreign})
     log(f"  {name:<34} {m.ips:8.1f} img/s  ({images} images, best of {len(runs)}: {m.best_s:.2f}s, others used "
         f"{m.best_foreign:.2f} cores) " + " ".join(f"{k}={v}" for k, v in params.items()))
@@ -203,7 +226,7 @@ def labelq_cli(model: Path, folder: Path, *, repeat: int, batch: int, env: dict[
                name: str = "labelq run (CLI)") -> Measure:
     """``labelq run FOLDER --force --quiet`` as a subprocess; its own printed images/s (model load excluded).
 
-    ``env``: extra environment, e.g. the PROTOTYPE ``OMP_WAIT_POLICY=PASSIVE`` or ``OMP_NUM_THREADS=1``,
+    ``env``: extra environment, e.g. ``LABELQ_TORCH_THREADS`` or the PROTOTYPE ``OMP_WAIT_POLICY=PASSIVE``,
     which must be set before torch starts and so cannot be tried in this process.
     """
     runs: list[float] = []
@@ -235,30 +258,4 @@ def labelq_cli(model: Path, folder: Path, *, repeat: int, batch: int, env: dict[
     m = Measure(name, images, runs, params, {"foreign_cores": foreign, "wall_s_with_start_and_load": wall})
     log(f"  {name:<34} {m.ips:8.1f} img/s  ({images} images, best of {len(runs)}: {m.best_s:.2f}s, whole command "
         f"{min(wall):.1f}s, others used {m.best_foreign:.2f} cores) " + " ".join(f"{k}={v}" for k, v in params.items()))
-    return m
-
-
-def engine_steady(model: Path, folder: Path, *, repeat: int, name: str, clf: Any = None, **overrides: Any) -> Measure:
-    """The engine over a folder with a warmed-up classifier: steady-state img/s of a setting."""
-    from labelq.engine import Engine
-    from labelq.models import load_classifier
-    from labelq.storage import Stores, iter_source, parse_source
-
-    s = settings(model, **overrides)
-    if clf is None:
-        clf = load_classifier(str(model), s)
-    start = time.perf_counter()
-    clf.warmup(s.batch_size)
-    warm = time.perf_counter() - start
-    source = parse_source(str(folder))
-    stores = Stores(s, local_root=source.root)
-    refs = list(iter_source(source, stores))
-    with Engine([clf], stores, s, worker="bench") as engine:
-        def run() -> None:
-            n = sum(len(records) for records in engine.run(refs))
-            assert n == len(refs)
-
-        m = timed(name, len(refs), run, repeat=repeat, **overrides)
-        m.extra["stage_seconds"] = {k: round(v, 3) for k, v in engine.stats.seconds.items()}
-    m.extra["warmup_s"] = round(warm, 2)
     return m

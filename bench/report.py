@@ -34,17 +34,18 @@ def headline(res: dict[str, Any]) -> list[tuple[str, float, float | None]]:
         ("naive Celery, one task per image", m.get("naive"), "naive", None),
         ("labelq run (embedded)", m["labelq_run"].get(size), "labelq_run", size),
         ("labelq run CLI, own clock", m.get("labelq_cli", {}).get("default"), "labelq_cli", "default"),
-        ("PROTO labelq run, torch threads=1", m.get("labelq_run_proto", {}).get(size), "labelq_run_proto", size),
-        ("PROTO labelq run CLI, OMP_WAIT_POLICY=PASSIVE", m.get("labelq_cli", {}).get("OMP_WAIT_POLICY=PASSIVE"),
-         "labelq_cli", "OMP_WAIT_POLICY=PASSIVE"),
-        ("PROTO labelq run CLI, OMP_NUM_THREADS=1", m.get("labelq_cli", {}).get("OMP_NUM_THREADS=1"), "labelq_cli",
-         "OMP_NUM_THREADS=1"),
     ]
+    before = m.get("labelq_run_before", {})
+    if before.get(size):
+        threads = res["machine"]["cores"]
+        rows.append((f"labelq run, torch_threads={threads}", before[size], "labelq_run_before", size))
+    for key, v in m.get("labelq_cli", {}).items():
+        if key != "default":
+            prefix = "PROTO " if "OMP_WAIT_POLICY" in key else ""
+            rows.append((f"{prefix}labelq run CLI, {key}", v, "labelq_cli", key))
     for name, d in res.get("distributed", {}).items():
-        label = name.replace("PROTO ", "") if name != "defaults" else "defaults"
-        prefix = "PROTO " if name.startswith("PROTO") else ""
-        rows.append((f"{prefix}distributed, job clock: {label}", d["job"], "distributed", f"{name}/job"))
-        rows.append((f"{prefix}distributed, enqueue --wait wall: {label}", d["wall"], "distributed", f"{name}/wall"))
+        rows.append((f"distributed, job clock: {name}", d["job"], "distributed", f"{name}/job"))
+        rows.append((f"distributed, enqueue --wait wall: {name}", d["wall"], "distributed", f"{name}/wall"))
     return [(name, float(v), _foreign(res, group, key)) for name, v, group, key in rows if v]
 
 
@@ -76,13 +77,13 @@ def by_size_table(res: dict[str, Any]) -> str:
     m = res["measures"]
     lines = [
         f"| {'size':<10} | {'decode alone':>12} | {'limit':>7} | {'pipeline':>8} | {'labelq run':>10} | "
-        f"{'× pipeline':>10} | {'% of limit':>10} | {'PROTO threads=1':>15} | {'% of limit':>10} |",
+        f"{'× pipeline':>10} | {'% of limit':>10} | {'all-core torch':>15} | {'% of limit':>10} |",
         f"|{'-' * 12}|{'-' * 13}:|{'-' * 8}:|{'-' * 9}:|{'-' * 11}:|{'-' * 11}:|{'-' * 11}:|{'-' * 16}:|{'-' * 11}:|",
     ]
     for size in res["sizes"]:
         d, lim = m["decode_fast"].get(size, 0), res["limit"].get(size, 0)
         p, q = m["pipeline"].get(size, 0), m["labelq_run"].get(size, 0)
-        proto = m.get("labelq_run_proto", {}).get(size, 0)
+        proto = m.get("labelq_run_before", {}).get(size, 0)
         lines.append(f"| {size:<10} | {d:12.1f} | {lim:7.1f} | {p:8.1f} | {q:10.1f} | {_ratio(q, p):>10} | "
                      f"{_pct(q, lim):>10} | {proto:15.1f} | {_pct(proto, lim):>10} |")
     return "\n".join(lines)
@@ -120,20 +121,10 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                            m["distributed_wall"] / q if q else None, 0.9, "×"))
     if m.get("naive"):
         out.append(_target("labelq run ≥ 10× naive Celery", q / m["naive"], 10.0, "×"))
-    proto = m.get("labelq_run_proto", {}).get(MAIN_SIZE)
-    if proto:
-        out.append(_target("PROTO torch threads=1: labelq run ≥ 80% of limit", proto / limit if limit else None, 0.8,
-                           "%"))
-        out.append(_target("PROTO torch threads=1: labelq run ≥ 3× pipeline", proto / pipe if pipe else None, 3.0,
-                           "×"))
-        if m.get("naive"):
-            out.append(_target("PROTO torch threads=1: labelq run ≥ 10× naive Celery", proto / m["naive"], 10.0, "×"))
-        for name, d in res.get("distributed", {}).items():
-            if name.startswith("PROTO"):
-                out.append(_target(f"{name}: distributed ≥ 0.9× PROTO labelq run (job clock)", d["job"] / proto, 0.9,
-                                   "×"))
-                out.append(_target(f"{name}: distributed ≥ 0.9× PROTO labelq run (wall)", d["wall"] / proto, 0.9,
-                                   "×"))
+    for name, d in res.get("distributed", {}).items():
+        if name != "defaults":
+            out.append(_target(f"distributed [{name}] ≥ 0.9× labelq run (job clock)", d["job"] / q if q else None,
+                               0.9, "×"))
     for model, per in res.get("fidelity", {}).items():
         for label, r in per.items():
             if r.get("fast_path"):
@@ -194,7 +185,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     sizes = res["sizes"]
     xs = list(range(len(sizes)))
     for key, label, style in (("decode_fast", "decode alone (fast path)", "C1^-"), ("labelq_run", "labelq run", "C0o-"),
-                              ("labelq_run_proto", "labelq run, torch threads=1 (prototype)", "C0o:"),
+                              ("labelq_run_before", "labelq run, torch threads = all cores", "C0o:"),
                               ("pipeline", "transformers pipeline", "C3s-")):
         if m.get(key):
             ax.plot(xs, [m[key].get(s, float("nan")) for s in sizes], style, label=label)

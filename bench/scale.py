@@ -100,7 +100,7 @@ def run(ns: list[int], *, chunks_per_worker: int, batch_s: float, batch_size: in
                                  chunks_per_worker=chunks_per_worker, batch_s=batch_s, start_s=start_s))
             for size in more_chunk_sizes:
                 other = settings.model_copy(update={"chunk_size": size})
-                per_worker = max(2, chunks_per_worker * chunk_size // size)
+                per_worker = max(2, round(chunks_per_worker * chunk_size / size))
                 rows.append(_one(max(ns), server, client, app, book, store, other, counts_dir, manifests,
                                  chunks_per_worker=per_worker, batch_s=batch_s, start_s=0.0))
         finally:
