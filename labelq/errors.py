@@ -19,14 +19,27 @@ ERROR_KINDS = (
     "model_error",
 )
 
-# Kinds that can succeed when tried again (used by `labelq retry`).
-RETRYABLE_KINDS = frozenset({"storage_error", "model_error"})
+# Kinds that say "this worker could not do it" rather than "the object is bad": they can succeed
+# when tried again (by `labelq retry`, or another worker), and reruns do not skip them.
+# access_denied is one: a refusal can come from the worker's credentials or root, not the object.
+RETRYABLE_KINDS = frozenset({"storage_error", "model_error", "access_denied"})
 
 
 class LabelqError(Exception):
     """Base of every per-item failure; ``kind`` is one of ERROR_KINDS."""
 
     kind = "model_error"
+
+
+class WorkerFault(LabelqError):
+    """This worker cannot read objects at all (bad credentials, local files not enabled).
+
+    Not a property of the object: in a worker the whole chunk goes back to the queue (another
+    worker, or this one once fixed, labels it) instead of becoming per-object records.
+    In ``labelq run`` it is an ``access_denied`` record like any refusal.
+    """
+
+    kind = "access_denied"
 
 
 class NotFound(LabelqError):

@@ -29,7 +29,7 @@ def check_broker(settings: Settings, app: Any) -> Check:
 
 
 def check_redis(settings: Settings) -> Check:
-    from .redis_store import connect
+    from .redis_client import connect
 
     try:
         client = connect(settings.jobs_redis, check=False, retries=1)
@@ -45,9 +45,9 @@ def check_results(settings: Settings) -> Check | None:
     if url == settings.jobs_redis:
         return None
     try:
-        from .results import open_store
+        from .services import open_records
 
-        store = open_store(url)
+        store = open_records(settings)
         store.close()
         return Check("results", True, redact(url))
     except (UsageError, Exception) as exc:  # noqa: BLE001
@@ -91,7 +91,7 @@ def check_workers(app: Any, timeout: float, node: str | None = None) -> tuple[Ch
 
 def ping(settings: Settings, *, source: str | None = None, workers: bool = True, node: str | None = None,
          timeout: float = 3.0) -> tuple[list[Check], dict[str, Any]]:
-    from .worker import make_app
+    from .tasks import make_app
 
     app = make_app(settings)
     optional = [check_results(settings), check_storage(settings, source)]

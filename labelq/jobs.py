@@ -1,13 +1,18 @@
-"""Job bookkeeping in Redis: state, totals, counters that count each (uri, model) once.
+"""Job bookkeeping in Redis: state, exact totals, failures and dead letters, at O(chunks in flight).
 
-A job is created (or resumed) by the producer, fed chunk by chunk, and finished
-when every listed object has a record for every model. All writes of one batch
-of records go through one Lua script: one round trip, atomic, idempotent — a
-redelivered chunk rewrites the same items and moves no counter.
+A job is opened (or resumed) by the producer, fed chunk by chunk, and finished when every
+(object, model) it listed has a record or sits in a dead-lettered chunk. Counting is per
+chunk: each chunk in flight holds two bits per (object, model) (none / ok / error), so a
+redelivered or duplicated chunk rewrites its own bits and moves no counter twice; the bits
+are dropped when the chunk is done. Successes are only counted; failures are listed (they
+are few) for ``status --errors`` and ``retry``. Every write of a batch is one Lua call.
+
+Key layout: :mod:`labelq.keys`. Outcome codes (``o`` / ``e:<kind>``): :mod:`labelq.records`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,95 +23,243 @@ from typing import Any
 
 from . import keys
 from .errors import UsageError
-from .records import Record, utcnow
+from .records import Record, status_code, utcnow
 
 logger = logging.getLogger(__name__)
 
-# KEYS: job, items, errors, then one record hash per model (used when ARGV[3] == "1").
-# ARGV: ttl, now, bodies, n, then n × (model index, item field, status, uri, body).
-_RECORD_LUA = """
-local ttl = tonumber(ARGV[1])
-local now = ARGV[2]
-local bodies = ARGV[3] == '1'
-local n = tonumber(ARGV[4])
-local dok, derr = 0, 0
-local i = 5
-for r = 1, n do
-  local mi, fld, st, uri, body = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 5
-  if bodies then redis.call('HSET', KEYS[3 + mi], uri, body) end
-  local old = redis.call('HGET', KEYS[2], fld)
-  if old ~= st then
-    redis.call('HSET', KEYS[2], fld, st)
-    if old then
-      if string.sub(old, 1, 1) == 'o' then dok = dok - 1
-      else derr = derr - 1; redis.call('HINCRBY', KEYS[3], string.sub(old, 3), -1) end
-    end
-    if string.sub(st, 1, 1) == 'o' then dok = dok + 1
-    else derr = derr + 1; redis.call('HINCRBY', KEYS[3], string.sub(st, 3), 1) end
+# Shared by the scripts: the job hash is KEYS[1]; other job keys are built from ARGV[1] (its prefix).
+_FINISH = """
+local function finish(job, now)
+  local st = redis.call('HGET', job, 'state')
+  if st == 'done' or st == 'failed' or st == 'listing' then return end
+  local expected = tonumber(redis.call('HGET', job, 'expected') or '-1')
+  if expected < 0 then return end
+  local nok = tonumber(redis.call('HGET', job, 'ok') or '0')
+  local nerr = tonumber(redis.call('HGET', job, 'error') or '0')
+  local dead = tonumber(redis.call('HGET', job, 'dead') or '0')
+  if nok + nerr + dead >= expected then
+    redis.call('HSET', job, 'state', dead > 0 and 'failed' or 'done', 'finished_at', now)
   end
 end
-local nok = redis.call('HINCRBY', KEYS[1], 'ok', dok)
-local nerr = redis.call('HINCRBY', KEYS[1], 'error', derr)
-local expected = tonumber(redis.call('HGET', KEYS[1], 'expected') or '-1')
-if expected >= 0 and nok + nerr >= expected and redis.call('HGET', KEYS[1], 'state') ~= 'done' then
-  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', now)
+"""
+
+# KEYS: job. ARGV: prefix, ttl, now, n, then n x (chunk, pos, field, code, info).
+# code is 'o' or 'e:<kind>'; info (errors only) is "<kind>\t<chunk>\t<etag>\t<message>".
+_RECORD_LUA = _FINISH + """
+local job, prefix, ttl, now, n = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local errors, failed, done = prefix .. ':errors', prefix .. ':failed', prefix .. ':chunks-done'
+local dok, derr, i = 0, 0, 5
+local function kindof(info) return string.match(info, '^([^\\t]*)') end
+local touched = {}
+for r = 1, n do
+  local chunk, pos, fld, code, info = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  if redis.call('SISMEMBER', done, chunk) == 0 then
+    local bits = prefix .. ':chunk:' .. chunk
+    touched[bits] = true
+    local new = (code == 'o') and 1 or 2
+    local old = redis.call('BITFIELD', bits, 'GET', 'u2', pos * 2)[1]
+    if old ~= new then
+      redis.call('BITFIELD', bits, 'SET', 'u2', pos * 2, new)
+      if old == 1 then dok = dok - 1 elseif old == 2 then
+        derr = derr - 1
+        local prev = redis.call('HGET', failed, fld)
+        if prev then redis.call('HINCRBY', errors, kindof(prev), -1); redis.call('HDEL', failed, fld) end
+      end
+      if new == 1 then dok = dok + 1 else
+        derr = derr + 1
+        redis.call('HSET', failed, fld, info)
+        redis.call('HINCRBY', errors, string.sub(code, 3), 1)
+      end
+    elseif new == 2 then
+      local prev = redis.call('HGET', failed, fld)
+      if prev ~= info then
+        local pk = prev and kindof(prev) or nil
+        if pk ~= string.sub(code, 3) then
+          if pk then redis.call('HINCRBY', errors, pk, -1) end
+          redis.call('HINCRBY', errors, string.sub(code, 3), 1)
+        end
+        redis.call('HSET', failed, fld, info)
+      end
+    end
+  end
 end
+local nok = redis.call('HINCRBY', job, 'ok', dok)
+local nerr = redis.call('HINCRBY', job, 'error', derr)
+redis.call('HSET', job, 'progress_at', now)
+finish(job, now)
 if ttl > 0 then
-  for k = 1, #KEYS do redis.call('EXPIRE', KEYS[k], ttl) end
+  for _, k in ipairs({job, errors, failed}) do redis.call('EXPIRE', k, ttl) end
+  for k, _ in pairs(touched) do redis.call('EXPIRE', k, ttl) end
 end
 return {nok, nerr}
 """
 
-# KEYS: job. ARGV: total, expected, now. Listing is over: record totals, maybe finish at once.
-_FINISH_LISTING_LUA = """
-redis.call('HSET', KEYS[1], 'total', ARGV[1], 'expected', ARGV[2])
-local nok = tonumber(redis.call('HGET', KEYS[1], 'ok') or '0')
-local nerr = tonumber(redis.call('HGET', KEYS[1], 'error') or '0')
-if nok + nerr >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[3])
-else
-  redis.call('HSET', KEYS[1], 'state', 'running')
+# KEYS: job, waiting zset. ARGV: prefix, chunk, ttl, now. Every record of the chunk is written.
+_CHUNK_DONE_LUA = _FINISH + """
+local job, prefix, chunk, ttl, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local done = prefix .. ':chunks-done'
+redis.call('ZREM', KEYS[2], chunk)
+if redis.call('SADD', done, chunk) == 1 then
+  redis.call('HINCRBY', job, 'chunks_done', 1)
 end
+redis.call('DEL', prefix .. ':chunk:' .. chunk)
+if ttl > 0 then redis.call('EXPIRE', done, ttl) end
+finish(job, now)
+return 1
+"""
+
+# KEYS: job, waiting zset. ARGV: prefix, chunk, payload (JSON), items in the chunk, ttl, now.
+# The chunk failed every attempt: park it; its (object, model) pairs not yet counted count as dead.
+_PARK_LUA = _FINISH + """
+local job, prefix, chunk, payload, items, ttl, now = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+redis.call('ZREM', KEYS[2], chunk)
+if redis.call('SISMEMBER', prefix .. ':chunks-done', chunk) == 1 then return 0 end
+local dead = prefix .. ':dead'
+if redis.call('HEXISTS', dead, chunk) == 1 then return 0 end
+local counted = redis.call('BITCOUNT', prefix .. ':chunk:' .. chunk)
+local missing = items - counted
+local doc = cjson.decode(payload)
+doc['missing'] = missing
+redis.call('HSET', dead, chunk, cjson.encode(doc))
+redis.call('HINCRBY', job, 'dead', missing)
+if ttl > 0 then redis.call('EXPIRE', dead, ttl) end
+finish(job, now)
+return missing
+"""
+
+# KEYS: job. ARGV: prefix. Take every dead chunk out (to re-run it); returns their payloads.
+_UNPARK_LUA = """
+local job, dead = KEYS[1], ARGV[1] .. ':dead'
+local all = redis.call('HGETALL', dead)
+local out, missing = {}, 0
+for i = 1, #all, 2 do
+  local doc = cjson.decode(all[i + 1])
+  missing = missing + (doc['missing'] or 0)
+  table.insert(out, all[i + 1])
+end
+if #out > 0 then
+  redis.call('DEL', dead)
+  redis.call('HINCRBY', job, 'dead', -missing)
+  redis.call('HSET', job, 'state', 'running')
+  redis.call('HDEL', job, 'finished_at')
+end
+return out
+"""
+
+# KEYS: job. ARGV: prefix, fields. Forget failures (their objects are retried); returns the fields forgotten.
+_FORGET_LUA = """
+local job, prefix = KEYS[1], ARGV[1]
+local failed, errors = prefix .. ':failed', prefix .. ':errors'
+local out = {}
+for i = 2, #ARGV do
+  local prev = redis.call('HGET', failed, ARGV[i])
+  if prev then
+    redis.call('HDEL', failed, ARGV[i])
+    redis.call('HINCRBY', errors, string.match(prev, '^([^\\t]*)'), -1)
+    table.insert(out, ARGV[i])
+  end
+end
+if #out > 0 then
+  redis.call('HINCRBY', job, 'error', -#out)
+  local st = redis.call('HGET', job, 'state')
+  if st == 'done' or st == 'failed' then redis.call('HSET', job, 'state', 'running') end
+  redis.call('HDEL', job, 'finished_at')
+end
+return out
+"""
+
+# KEYS: job. ARGV: prefix, group id, ttl, now, n objects, ok, then pairs (field, info) of failures.
+# Objects already labelled (by an earlier job) are counted into this job once per group.
+_SKIPPED_LUA = _FINISH + """
+local job, prefix, group, ttl, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local skips = prefix .. ':skips'
+if redis.call('SADD', skips, group) == 0 then return 0 end
+redis.call('HINCRBY', job, 'skipped', tonumber(ARGV[5]))
+redis.call('HINCRBY', job, 'ok', tonumber(ARGV[6]))
+local nerr = 0
+for i = 7, #ARGV, 2 do
+  local kind = string.match(ARGV[i + 1], '^([^\\t]*)')
+  if redis.call('HSETNX', prefix .. ':failed', ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HINCRBY', prefix .. ':errors', kind, 1)
+    nerr = nerr + 1
+  end
+end
+redis.call('HINCRBY', job, 'error', nerr)
+if ttl > 0 then
+  for _, k in ipairs({skips, prefix .. ':failed', prefix .. ':errors'}) do redis.call('EXPIRE', k, ttl) end
+end
+finish(job, now)
+return 1
+"""
+
+# KEYS: job. ARGV: expected cursor, new cursor, listed, enqueued, chunks, now.
+# Listing advanced past a group: compare-and-set on the cursor, so a group is accounted once.
+_ADVANCE_LUA = """
+local job = KEYS[1]
+if (redis.call('HGET', job, 'cursor') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', job, 'cursor', ARGV[2], 'listed', ARGV[3], 'producer_at', ARGV[6])
+redis.call('HINCRBY', job, 'enqueued', tonumber(ARGV[4]))
+redis.call('HINCRBY', job, 'chunks', tonumber(ARGV[5]))
+return 1
+"""
+
+# KEYS: waiting zset, job's chunks-done set. ARGV: chunk, bound (0 = none), now.
+# Reserve a place in the bounded queue for a chunk about to be published.
+_RESERVE_LUA = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 'done' end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 'waiting' end
+local bound = tonumber(ARGV[2])
+if bound > 0 and redis.call('ZCARD', KEYS[1]) >= bound then return 'full' end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 'ok'
+"""
+
+# KEYS: job. ARGV: total, expected, now. Listing is over: record totals, maybe finish at once.
+_FINISH_LISTING_LUA = _FINISH + """
+redis.call('HSET', KEYS[1], 'total', ARGV[1], 'expected', ARGV[2], 'state', 'running')
+finish(KEYS[1], ARGV[3])
 return redis.call('HGET', KEYS[1], 'state')
 """
 
-
-# KEYS: job, items, errors. ARGV: item fields to forget (their objects are being retried).
-_UNMARK_LUA = """
-local dok, derr, n = 0, 0, 0
-for i = 1, #ARGV do
-  local old = redis.call('HGET', KEYS[2], ARGV[i])
-  if old then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    n = n + 1
-    if string.sub(old, 1, 1) == 'o' then dok = dok - 1
-    else derr = derr - 1; redis.call('HINCRBY', KEYS[3], string.sub(old, 3), -1) end
-  end
-end
-redis.call('HINCRBY', KEYS[1], 'ok', dok)
-redis.call('HINCRBY', KEYS[1], 'error', derr)
-if n > 0 then
-  redis.call('HSET', KEYS[1], 'state', 'running')
-  redis.call('HDEL', KEYS[1], 'finished_at')
-end
-return n
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
-def status_code(rec: Record) -> str:
-    """What a job's item field holds: ``o`` or ``e:<kind>``."""
-    return "o" if rec.ok else f"e:{rec.error_kind}"
+def failure_field(model: str, uri: str) -> str:
+    return f"{model}{keys.SEP}{uri}"
 
 
-def body(rec: Record) -> str:
-    """What a record hash holds: the status char, then the record's JSON."""
-    return ("o" if rec.ok else "e") + rec.to_json()
+def failure_info(rec: Record, chunk: str) -> str:
+    """What the failure list holds for a failed record: kind, chunk, etag, message (no tabs/newlines)."""
+    message = " ".join((rec.error or "").split())[:300]
+    return "\t".join([rec.error_kind or "model_error", chunk, rec.etag or "", message])
 
 
-def parse_body(value: str | bytes) -> Record:
-    text = value.decode() if isinstance(value, bytes) else value
-    return Record.from_json(text[1:])
+def chunk_id(job: str, models: Sequence[str], uris: Sequence[str]) -> str:
+    """A chunk's id from what it holds: the same objects and models are the same chunk, wherever
+    the listing was when it made them (resumes, relists after Redis lost data)."""
+    h = hashlib.blake2b(digest_size=10)
+    for part in list(models) + ["\n"] + list(uris):
+        h.update(part.encode())
+        h.update(b"\0")
+    return f"{job}:{h.hexdigest()}"
+
+
+@dataclass
+class Failure:
+    model: str
+    uri: str
+    kind: str
+    chunk: str
+    etag: str | None
+    message: str
 
 
 @dataclass
@@ -123,8 +276,14 @@ class JobInfo:
     enqueued: int = 0
     skipped: int = 0
     chunks: int = 0
+    chunks_done: int = 0
     ok: int = 0
     error: int = 0
+    dead: int = 0
+    dead_chunks: int = 0
+    cursor: str = ""
+    producer_at: float | None = None
+    progress_at: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -133,10 +292,11 @@ class JobInfo:
 
     @property
     def done(self) -> bool:
-        return self.state == "done"
+        """Finished: every (object, model) has a record or sits in a dead-lettered chunk."""
+        return self.state in ("done", "failed")
 
     @classmethod
-    def from_hash(cls, job_id: str, raw: dict[str, str], errors: dict[str, str]) -> JobInfo:
+    def from_hash(cls, job_id: str, raw: dict[str, str], errors: dict[str, str], dead_chunks: int = 0) -> JobInfo:
         def num(name: str) -> int | None:
             return int(raw[name]) if raw.get(name) not in (None, "") else None
 
@@ -153,8 +313,14 @@ class JobInfo:
             enqueued=num("enqueued") or 0,
             skipped=num("skipped") or 0,
             chunks=num("chunks") or 0,
+            chunks_done=num("chunks_done") or 0,
             ok=num("ok") or 0,
             error=num("error") or 0,
+            dead=num("dead") or 0,
+            dead_chunks=dead_chunks,
+            cursor=raw.get("cursor", ""),
+            producer_at=float(raw["producer_at"]) if raw.get("producer_at") else None,
+            progress_at=raw.get("progress_at"),
             errors={k: int(v) for k, v in errors.items() if int(v) > 0},
         )
 
@@ -175,8 +341,16 @@ class JobBook:
         self.redis = redis
         self.ttl = ttl
         self._record = redis.register_script(_RECORD_LUA)
+        self._chunk_done = redis.register_script(_CHUNK_DONE_LUA)
+        self._park = redis.register_script(_PARK_LUA)
+        self._unpark = redis.register_script(_UNPARK_LUA)
+        self._forget = redis.register_script(_FORGET_LUA)
+        self._skipped = redis.register_script(_SKIPPED_LUA)
+        self._advance = redis.register_script(_ADVANCE_LUA)
+        self._reserve = redis.register_script(_RESERVE_LUA)
         self._finish = redis.register_script(_FINISH_LISTING_LUA)
-        self._unmark = redis.register_script(_UNMARK_LUA)
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
 
     # ---------------------------------------------------------------- producer side
 
@@ -186,32 +360,54 @@ class JobBook:
         created = self.redis.hsetnx(key, "created_at", utcnow())
         if created:
             self.redis.hset(key, mapping={"state": "listing", "source": source, "models": json.dumps(list(models)),
-                                          "ok": 0, "error": 0})
+                                          "ok": 0, "error": 0, "dead": 0, "cursor": ""})
             self.redis.zadd(keys.JOBS, {job_id: time.time()})
             self._expire(key)
         info = self.info(job_id)
         assert info is not None
-        if not created:
-            if info.source != source or info.models != list(models):
-                raise UsageError(
-                    f"job {job_id} exists with source {info.source} and models {', '.join(info.models)}; "
-                    "use another --job name to label something else"
-                )
-            if info.state != "done":
-                self.redis.hset(key, "state", "listing")
+        if not created and (info.source != source or info.models != list(models)):
+            raise UsageError(
+                f"job {job_id} exists with source {info.source} and models {', '.join(info.models)}; "
+                "use another --job name to label something else"
+            )
         return info
 
-    def enqueued(self, job_id: str, *, listed: int, refs: int, chunk_id: str | None, skipped: int = 0) -> None:
-        """Account for one chunk handed to the broker (and the objects skipped before it)."""
-        pipe = self.redis.pipeline(transaction=True)
-        key = keys.job(job_id)
-        pipe.hset(key, "listed", listed)
-        pipe.hincrby(key, "enqueued", refs)
-        if skipped:
-            pipe.hincrby(key, "skipped", skipped)
-        if chunk_id:
-            pipe.hincrby(key, "chunks", 1)
-        pipe.execute()
+    def listing(self, job_id: str) -> None:
+        """A producer (re)starts listing: the job cannot finish before the listing does."""
+        self.redis.hset(keys.job(job_id), "state", "listing")
+
+    def lease(self, job_id: str, token: str, ttl_s: float) -> bool:
+        """Take the job's listing lease (one producer at a time); False when another holds it."""
+        return bool(self.redis.set(keys.job_producer(job_id), token, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, job_id: str, token: str, ttl_s: float) -> bool:
+        return bool(self._renew(keys=[keys.job_producer(job_id)], args=[token, int(ttl_s * 1000)]))
+
+    def release(self, job_id: str, token: str) -> None:
+        self._release(keys=[keys.job_producer(job_id)], args=[token])
+
+    def reserve(self, job_id: str, chunk: str, bound: int) -> str:
+        """A place in the queue for a chunk: ``ok``, ``full`` (wait), ``waiting`` or ``done`` (already sent)."""
+        out = self._reserve(keys=[keys.CHUNKS, keys.job_chunks_done(job_id)], args=[chunk, bound, time.time()])
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    def unreserve(self, chunk: str) -> None:
+        """A chunk that could not be published does not wait."""
+        self.redis.zrem(keys.CHUNKS, chunk)
+
+    def advance(self, job_id: str, *, cursor_was: str, cursor: str, listed: int, enqueued: int, chunks: int) -> bool:
+        """Listing got past a group; False when another producer moved the cursor first."""
+        return bool(self._advance(keys=[keys.job(job_id)],
+                                  args=[cursor_was, cursor, listed, enqueued, chunks, time.time()]))
+
+    def count_skipped(self, job_id: str, records: Sequence[Record], n_objects: int) -> None:
+        """Count objects already labelled (their final records) into the job, once per group."""
+        group = chunk_id("skip", [], sorted({f"{r.model}\t{r.uri}" for r in records}))
+        args: list[Any] = [keys.job(job_id), group, self.ttl, utcnow(), n_objects, sum(r.ok for r in records)]
+        for rec in records:
+            if not rec.ok:
+                args += [failure_field(rec.model, rec.uri), failure_info(rec, "skipped")]
+        self._skipped(keys=[keys.job(job_id)], args=args)
 
     def received(self, job_id: str, n: int) -> None:
         """A streaming job (``labelq listen``) took n more objects; it has no total."""
@@ -221,44 +417,54 @@ class JobBook:
         pipe.hset(keys.job(job_id), "state", "running")
         pipe.execute()
 
-    def waiting(self, chunk_id: str) -> None:
-        """A chunk is about to be published: it waits until a worker starts it (call before publishing,
-        so a fast worker's ``started`` cannot come first)."""
-        self.redis.zadd(keys.CHUNKS, {chunk_id: time.time()})
-
     def finish_listing(self, job_id: str, total: int, n_models: int) -> str:
         state = self._finish(keys=[keys.job(job_id)], args=[total, total * n_models, utcnow()])
         return state.decode() if isinstance(state, bytes) else str(state)
 
     # ---------------------------------------------------------------- worker side
 
-    def record(
-        self,
-        job_id: str,
-        records: Sequence[Record],
-        *,
-        bodies: bool = False,
-    ) -> tuple[int, int]:
-        """Mark records in the job (each (uri, model) once) and, with ``bodies``, store them.
+    def started(self, job_id: str, chunk: str) -> bool:
+        """A worker took the chunk: it no longer waits. True when the chunk was already labelled."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(keys.CHUNKS, chunk)
+        pipe.sismember(keys.job_chunks_done(job_id), chunk)
+        return bool(pipe.execute()[1])
 
+    def record(self, job_id: str, items: Sequence[tuple[str, int, Record]]) -> tuple[int, int]:
+        """Count (chunk, position, record) items into the job, each (chunk, position) once.
+
+        ``position`` is the record's place in its chunk (object index x models + model index).
         Returns the job's (ok, error) counters after the write.
         """
-        models = list(dict.fromkeys(r.model for r in records))
-        index = {m: i + 1 for i, m in enumerate(models)}
-        args: list[Any] = [self.ttl, utcnow(), "1" if bodies else "0", len(records)]
-        for rec in records:
-            args += [index[rec.model], keys.item_field(rec.model, rec.uri), status_code(rec), rec.uri,
-                     body(rec) if bodies else ""]
-        job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
-        nok, nerr = self._record(keys=job_keys + [keys.records(m) for m in models], args=args)
+        args: list[Any] = [keys.job(job_id), self.ttl, utcnow(), len(items)]
+        for chunk, pos, rec in items:
+            args += [chunk, pos, failure_field(rec.model, rec.uri), status_code(rec),
+                     "" if rec.ok else failure_info(rec, chunk)]
+        nok, nerr = self._record(keys=[keys.job(job_id)], args=args)
         return int(nok), int(nerr)
 
-    def forget(self, job_id: str, items: Sequence[tuple[str, str]]) -> int:
-        """Take (model, uri) items out of the job's counts so they can be labelled again."""
-        fields = [keys.item_field(model, uri) for model, uri in items]
+    def chunk_done(self, job_id: str, chunk: str) -> None:
+        """Every record of the chunk is written: its bits go, and a duplicate of it is skipped."""
+        self._chunk_done(keys=[keys.job(job_id), keys.CHUNKS], args=[keys.job(job_id), chunk, self.ttl, utcnow()])
+
+    def park(self, job_id: str, chunk: str, payload: dict[str, Any], items: int) -> int:
+        """Dead-letter a chunk that failed every attempt; returns how many (object, model) pairs it left undone."""
+        return int(self._park(keys=[keys.job(job_id), keys.CHUNKS],
+                              args=[keys.job(job_id), chunk, json.dumps(payload), items, self.ttl, utcnow()]))
+
+    # ---------------------------------------------------------------- retry
+
+    def unpark(self, job_id: str) -> list[dict[str, Any]]:
+        """Take every dead-lettered chunk out of the job (to publish it again)."""
+        return [json.loads(p) for p in self._unpark(keys=[keys.job(job_id)], args=[keys.job(job_id)])]
+
+    def forget(self, job_id: str, items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Take failed (model, uri) items out of the job's counts; returns those that were there."""
+        fields = [failure_field(model, uri) for model, uri in items]
         if not fields:
-            return 0
-        return int(self._unmark(keys=[keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)], args=fields))
+            return []
+        gone = self._forget(keys=[keys.job(job_id)], args=[keys.job(job_id), *fields])
+        return [_split(f) for f in gone]
 
     # ---------------------------------------------------------------- readers
 
@@ -266,44 +472,31 @@ class JobBook:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.job(job_id))
         pipe.hgetall(keys.job_errors(job_id))
-        raw, errors = pipe.execute()
+        pipe.hlen(keys.job_dead(job_id))
+        raw, errors, dead = pipe.execute()
         if not raw:
             return None
-        return JobInfo.from_hash(job_id, _text(raw), _text(errors))
+        return JobInfo.from_hash(job_id, _text(raw), _text(errors), int(dead))
 
     def jobs(self, limit: int = 50) -> list[JobInfo]:
         ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrevrange(keys.JOBS, 0, limit - 1)]
         return [info for info in (self.info(i) for i in ids) if info is not None]
 
-    def items(self, job_id: str, *, count: int = 1000) -> Iterator[list[tuple[str, str, str]]]:
-        """The job's (model, uri, status code) items, a page at a time (HSCAN: bounded memory)."""
-        cursor = 0
-        while True:
-            cursor, page = self.redis.hscan(keys.job_items(job_id), cursor, count=count)
-            if page:
-                out = []
-                for fld, st in page.items():
-                    model, uri = keys.split_item(fld)
-                    out.append((model, uri, st.decode() if isinstance(st, bytes) else st))
-                yield out
-            if cursor == 0:
-                return
+    def failures(self, job_id: str, *, count: int = 1000) -> Iterator[Failure]:
+        """The job's failed (object, model) pairs with kind and message (HSCAN: bounded memory)."""
+        for fld, info in self.redis.hscan_iter(keys.job_failed(job_id), count=count):
+            model, uri = _split(fld)
+            text = info.decode() if isinstance(info, bytes) else info
+            kind, chunk, etag, message = (text.split("\t", 3) + ["", "", ""])[:4]
+            yield Failure(model, uri, kind, chunk, etag or None, message)
 
-    def started(self, job_id: str, chunk_id: str) -> bool:
-        """A worker took the chunk: it no longer waits. True when the chunk was already labelled
-        (a producer that died between publishing and bookkeeping published it twice)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(keys.CHUNKS, chunk_id)
-        pipe.sismember(keys.job_chunks_done(job_id), chunk_id)
-        return bool(pipe.execute()[1])
-
-    def chunk_done(self, job_id: str, chunk_id: str) -> None:
-        """Every record of the chunk is written: a duplicate message of it can be skipped."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(keys.job_chunks_done(job_id), chunk_id)
-        if self.ttl:
-            pipe.expire(keys.job_chunks_done(job_id), self.ttl)
-        pipe.execute()
+    def dead_chunks(self, job_id: str) -> list[dict[str, Any]]:
+        out = []
+        for chunk, payload in self.redis.hgetall(keys.job_dead(job_id)).items():
+            doc = json.loads(payload)
+            doc["chunk"] = chunk.decode() if isinstance(chunk, bytes) else chunk
+            out.append(doc)
+        return out
 
     def oldest_waiting(self) -> tuple[float | None, int]:
         """Age in seconds of the oldest enqueued chunk no worker has started, and how many wait."""
@@ -316,6 +509,12 @@ class JobBook:
     def _expire(self, key: str) -> None:
         if self.ttl:
             self.redis.expire(key, self.ttl)
+
+
+def _split(fld: str | bytes) -> tuple[str, str]:
+    text = fld.decode() if isinstance(fld, bytes) else fld
+    model, uri = text.split(keys.SEP, 1)
+    return model, uri
 
 
 def _text(raw: dict[Any, Any]) -> dict[str, str]:

@@ -1,34 +1,46 @@
 """Every Redis key labelq writes, in one place (tests import these instead of retyping).
 
-Layout (``{model}`` and ``{uri}`` are the model name and the object's URI as in records):
+Job state costs O(chunks in flight) plus O(failures), never O(objects): successes are
+counted per chunk, and only failures are listed. ``{model}`` and ``{uri}`` are as in records.
 
-========================================  ======  ==================================================
-key                                       type    holds
-========================================  ======  ==================================================
-``labelq:rec:{model}``                    hash    uri → latest record of that object for that model:
-                                                  one status char (``o`` ok / ``e`` error) + JSON.
-                                                  Global across jobs: reruns skip what is here with
-                                                  the same etag. Only with the Redis result store.
-``labelq:job:{job}``                      hash    job state: state, source, models, created_at,
-                                                  finished_at, total, listed, enqueued, chunks,
-                                                  ok, error (counters of (uri, model) pairs)
-``labelq:job:{job}:items``                hash    ``{model}\\t{uri}`` → status char (+ error kind);
-                                                  each (uri, model) counted once per job, also when
-                                                  a chunk is redelivered; export streams it (HSCAN)
-``labelq:job:{job}:errors``               hash    error kind → count
-``labelq:job:{job}:chunks-done``          set     chunk ids fully written: a chunk published twice (a
-                                                  producer killed between publish and bookkeeping) runs once
-``labelq:jobs``                           zset    job id → created time (unix seconds)
-``labelq:chunks``                         zset    chunk id (``{job}:{n}``) → enqueue time, removed when
-                                                  a worker starts it: the oldest waiting chunk's age
-``labelq:audit``                          stream  moderation audit trail: one entry per action taken
-``labelq:actions``                        hash    ``{uri}\t{action}`` → ``{policy version}\t{etag}\t{processed_at}``:
-                                                  an action is applied once to each record of an object
-``labelq:seen-event:{uri}:{etag}``        string  de-duplicates object-created events (expires)
-========================================  ======  ==================================================
+==========================================  ======  ==================================================
+key                                         type    holds
+==========================================  ======  ==================================================
+``labelq:job:{job}``                        hash    job state: state, source, models, created_at,
+                                                    finished_at, total, expected, listed, enqueued,
+                                                    skipped, chunks, chunks_done, ok, error, dead,
+                                                    cursor (where listing resumes), producer_at,
+                                                    progress_at (last record written)
+``labelq:job:{job}:errors``                 hash    error kind → count of failed (uri, model) pairs
+``labelq:job:{job}:failed``                 hash    ``{model}\t{uri}`` → ``{kind}\t{chunk}\t{etag}\t{message}``:
+                                                    the failures (``status --errors``, ``retry``)
+``labelq:job:{job}:chunk:{chunk}``          string  2 bits per (object, model) of a chunk in flight
+                                                    (0 none, 1 ok, 2 error): counts each once under
+                                                    redelivery; deleted when the chunk is done
+``labelq:job:{job}:chunks-done``            set     chunk ids fully written: a duplicate runs once
+``labelq:job:{job}:dead``                   hash    chunk id → JSON (refs, models, error, attempts):
+                                                    chunks that failed every attempt; ``retry`` re-runs
+``labelq:job:{job}:skips``                  set     ids of groups of already-labelled objects counted
+                                                    into the job (a relisted group counts once)
+``labelq:job:{job}:producer``               string  the listing lease: one producer lists a job at a time
+``labelq:job:{job}:rec:{model}``            hash    uri → the job's record (Redis record store only)
+``labelq:rec:{model}``                      hash    uri → latest record across jobs (Redis record store
+                                                    only): reruns skip what is here with the same etag
+``labelq:jobs``                             zset    job id → created time (unix seconds)
+``labelq:chunks``                           zset    chunk id → enqueue time while it waits for a worker:
+                                                    the queue bound (LABELQ_MAX_QUEUED_CHUNKS) and the
+                                                    oldest waiting chunk's age
+``labelq:audit``                            stream  moderation audit trail: one entry per action taken
+``labelq:actions``                          hash    ``{uri}\t{action}`` → ``{policy version}\t{etag}\t{processed_at}``:
+                                                    an action is applied once to each record of an object
+``labelq:released``                         hash    uri → etag a reviewer released from quarantine
+                                                    (``labelq console``): that version is never acted on again
+``labelq:seen-event:{uri}:{etag}``          string  de-duplicates object-created events (expires)
+==========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
-``labelq:rec:*`` hashes get the same TTL refreshed on every write.
+``labelq:rec:*`` hashes get the same TTL refreshed on every write. Keys are built in
+the Lua scripts of :mod:`labelq.jobs` from :func:`job` (``KEYS[1]``) plus these suffixes.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ PREFIX = "labelq:"
 JOBS = PREFIX + "jobs"
 AUDIT = PREFIX + "audit"
 ACTIONS = PREFIX + "actions"
+RELEASED = PREFIX + "released"
 CHUNKS = PREFIX + "chunks"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
 
@@ -49,8 +62,28 @@ def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
-def job_items(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:items"
+def job_records(job_id: str, model: str) -> str:
+    return f"{PREFIX}job:{job_id}:rec:{model}"
+
+
+def job_failed(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:failed"
+
+
+def job_chunk_bits(job_id: str, chunk_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:chunk:{chunk_id}"
+
+
+def job_dead(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:dead"
+
+
+def job_skips(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:skips"
+
+
+def job_producer(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:producer"
 
 
 def job_errors(job_id: str) -> str:

@@ -29,7 +29,7 @@ from . import keys
 from .config import Settings
 from .jobs import JobBook
 from .storage import ObjectRef, s3_uri, split_s3
-from .worker import LIVE_TASK
+from .tasks import LIVE_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Listener:
         self.stop = threading.Event()
         self.skip_prefix: str | None = None
         if settings.policy is not None:
-            from .policy import load_policy
+            from .moderation import load_policy
 
             self.skip_prefix = load_policy(settings.policy).quarantine_prefix
         self.enqueued = self.duplicates = self.bad = 0

@@ -1,30 +1,38 @@
-"""Producer: source → chunks of refs → broker, resumable, skipping what is done.
+"""Producer: source → chunks of refs → broker; bounded, resumable, skipping what is done.
 
-Listing is lazy; each chunk is published as one ``label_chunk`` task. Objects
-whose (etag, model) records already exist are not sent again (unless ``force``):
-their stored records are counted into the job instead. The job remembers how far
-listing got, so enqueueing the same job name again resumes where it stopped, and
-the job's total is recorded when listing ends.
+One producer lists a job at a time (a lease in Redis). Listing is lazy and resumes from
+the job's cursor, which advances with each group of objects handled (published, or
+skipped as already labelled): a killed producer relists at most one group. Chunk ids are
+derived from what a chunk holds, so a relisted group is the same chunk and runs once.
+At most ``max_queued_chunks`` chunks wait in the broker (all jobs and producers together):
+past that the producer pauses until workers take some. Objects a source repeats are
+counted and sent once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
+import socket
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
 from .config import Settings, redact
 from .errors import RETRYABLE_KINDS, UsageError
-from .jobs import JobBook, JobInfo, new_job_id
-from .records import Record
-from .results import is_final
-from .storage import ObjectRef, Stores, iter_source, parse_source
-from .worker import TASK
+from .jobs import JobBook, JobInfo, chunk_id, new_job_id
+from .results import settled
+from .sources import iter_listing, parse_source
+from .storage import ObjectRef, Stores
+from .tasks import CHUNK_TASK
 
 logger = logging.getLogger(__name__)
+
+LEASE_S = 60.0  # a producer renews its listing lease at least this often; a dead one's lapses
 
 
 @dataclass
@@ -35,23 +43,15 @@ class EnqueueResult:
     skipped: int
     chunks: int
     resumed_from: int
-    state: str
+    state: str  # the job's state, or "paused" (queue full, listing handed on) / "busy" (another producer)
 
 
-def settled(store: Any, refs: Sequence[ObjectRef], models: Sequence[str]) -> tuple[set[str], list[Record]]:
-    """URIs whose every model has a final record with the same etag, and those records."""
-    want = {r.uri: r.etag for r in refs}
-    found: dict[str, list[Record]] = {}
-    for model in models:
-        for uri, rec in store.get_many(model, list(want)).items():
-            if is_final(rec.etag, rec.status, rec.error_kind, want[uri]):
-                found.setdefault(uri, []).append(rec)
-    done = {uri for uri, recs in found.items() if len(recs) == len(models)}
-    return done, [rec for uri in done for rec in found[uri]]
+class QueueFull(Exception):
+    """The queue bound is reached and the caller asked not to wait."""
 
 
-def _groups(refs: Iterator[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:
-    while group := list(islice(refs, size)):
+def _groups(pairs: Iterator[tuple[ObjectRef, str]], size: int) -> Iterator[list[tuple[ObjectRef, str]]]:
+    while group := list(islice(pairs, size)):
         yield group
 
 
@@ -67,91 +67,175 @@ def enqueue(
     chunk_size: int | None = None,
     force: bool = False,
     priority: int | None = None,
+    wait_for_room: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> EnqueueResult:
-    """List a source and publish its chunks; returns what was done. Resumes a named job."""
-    source = parse_source(source_text)
+    """List a source and publish its chunks; resumes a named job from its cursor.
+
+    With ``wait_for_room=False`` the producer returns ``state="paused"`` the first time the
+    queue is full (the caller hands the rest of the listing to a background producer).
+    """
+    source = parse_source(source_text, suffixes=settings.suffixes)
     models = list(models or settings.models)
     size = chunk_size or settings.chunk_size
     job_id = job or new_job_id()
     info: JobInfo = book.open(job_id, source=str(source), models=models)
-    resume_from = info.listed if info.state != "done" else 0
-    if info.state == "done" and not force:
-        return EnqueueResult(job_id, info.listed, 0, 0, 0, info.listed, "done")
+    if info.state in ("done", "failed") and not force and info.total is not None:
+        return EnqueueResult(job_id, info.listed, 0, 0, 0, info.listed, info.state)
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not book.lease(job_id, token, LEASE_S):
+        return EnqueueResult(job_id, info.listed, 0, 0, 0, info.listed, "busy")
+    try:
+        return _produce(source, settings, app=app, book=book, store=store, job_id=job_id, info=info, models=models,
+                        size=size, force=force, priority=priority, token=token, wait_for_room=wait_for_room,
+                        progress=progress)
+    finally:
+        book.release(job_id, token)
+
+
+def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store: Any, job_id: str, info: JobInfo,
+             models: list[str], size: int, force: bool, priority: int | None, token: str, wait_for_room: bool,
+             progress: Callable[[int], None] | None) -> EnqueueResult:
+    book.listing(job_id)
+    revisions = _revisions(models)
+    cursor = info.cursor
+    resumed_from = listed = info.listed
     stores = Stores(settings, local_root=settings.local_root or source.root)
-    refs = iter_source(source, stores)
-    listed = resume_from
-    for _ in islice(refs, resume_from):  # already handled by an earlier run of this job
-        pass
+    # Sources that can name an object twice (manifests) are de-duplicated here; a resumed
+    # listing first re-reads what it handled before, to know what it already saw.
+    seen: set[str] | None = set() if source.kind == "manifest" else None
+    pairs = iter_listing(source, stores, after=None if seen is not None or not cursor else cursor)
+    if seen is not None and cursor:
+        pairs = _replay(pairs, cursor, seen)
     sent = skipped = chunks = 0
-    chunk_no = info.chunks
-    for group in _groups(refs, size):
-        listed += len(group)
-        done, existing = (set(), []) if force else settled(store, group, models)
-        if existing:
-            book.record(job_id, existing)
-        todo = [r for r in group if r.uri not in done]
-        chunk_id = None
+    for group in _groups(pairs, size):
+        unique: dict[str, ObjectRef] = {}
+        for ref, _ in group:
+            if ref.uri not in unique and (seen is None or ref.uri not in seen):
+                unique[ref.uri] = ref
+        if seen is not None:
+            seen.update(unique)
+        refs = list(unique.values())
+        done, existing = (set(), []) if force or not refs else settled(store, refs, models, revisions)
+        if existing:  # the new job's result holds them too (its export is one record per object and model)
+            copies = [replace(rec, job=job_id) for rec in existing]
+            store.write(copies, chunk=chunk_id("skip:" + job_id, models, sorted(done)))
+            book.count_skipped(job_id, existing, len(done))
+        todo = [r for r in refs if r.uri not in done]
+        published = 0
         if todo:
-            chunk_id = f"{job_id}:{chunk_no}"
-            book.waiting(chunk_id)
-            try:
-                publish(app, settings, job_id, todo, models, chunk_id, priority)
-            except BaseException:
-                book.started(job_id, chunk_id)  # never sent: not waiting
-                raise
-            chunk_no += 1
-            chunks += 1
-        book.enqueued(job_id, listed=listed, refs=len(todo), chunk_id=chunk_id, skipped=len(done))
-        sent += len(todo)
+            cid = chunk_id(job_id, models, [r.uri for r in todo])
+            # "waiting"/"done": a producer killed before it moved the cursor published this very chunk
+            if _reserve(book, job_id, cid, settings, token, wait_for_room) == "ok":
+                try:
+                    publish(app, settings, job_id, todo, models, cid, priority)
+                except BaseException:
+                    book.unreserve(cid)
+                    raise
+            published = 1
+        new_cursor = group[-1][1]
+        if not book.advance(job_id, cursor_was=cursor, cursor=new_cursor, listed=listed + len(refs),
+                            enqueued=len(todo) if published else 0, chunks=published):
+            raise UsageError(f"job {job_id}: another producer moved the listing cursor; this one stops")
+        cursor = new_cursor
+        listed += len(refs)
+        sent += len(todo) if published else 0
+        chunks += published
         skipped += len(done)
+        if progress is not None:
+            progress(listed)
+        if not book.renew(job_id, token, LEASE_S):
+            raise UsageError(f"job {job_id}: lost the listing lease (another producer took over); this one stops")
     state = book.finish_listing(job_id, listed, len(models))
     logger.info("job %s: listed %d, enqueued %d in %d chunks, skipped %d", job_id, listed, sent, chunks, skipped)
-    return EnqueueResult(job_id, listed, sent, skipped, chunks, resume_from, state)
+    return EnqueueResult(job_id, listed, sent, skipped, chunks, resumed_from, state)
+
+
+def _revisions(models: Sequence[str]) -> dict[str, str | None]:
+    """The current revision of each model (hub commit or folder hash): reruns skip only what it labelled."""
+    from .models import resolve_revision
+
+    return {m: resolve_revision(m) for m in models}
+
+
+def _replay(pairs: Iterator[tuple[ObjectRef, str]], cursor: str, seen: set[str]) -> Iterator[tuple[ObjectRef, str]]:
+    """Re-read a de-duplicated listing up to its cursor (remembering what it held), then go on."""
+    for ref, cur in pairs:
+        seen.add(ref.uri)
+        if cur == cursor:
+            break
+    yield from pairs
+
+
+def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: str, wait_for_room: bool) -> str:
+    """A place in the bounded queue; waits (renewing the lease) while it is full."""
+    delay = 0.05
+    while True:
+        got = book.reserve(job_id, cid, settings.max_queued_chunks)
+        if got != "full":
+            return got
+        if not wait_for_room:
+            raise QueueFull(cid)
+        if not book.renew(job_id, token, LEASE_S):
+            raise UsageError(f"job {job_id}: lost the listing lease while waiting for room in the queue")
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
 
 
 def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: Any,
           kinds: Sequence[str] = tuple(sorted(RETRYABLE_KINDS))) -> int:
-    """Re-enqueue the job's objects whose records failed with a retryable kind; returns how many."""
+    """Re-run a job's dead-lettered chunks and re-enqueue its objects that failed with a retryable kind.
+
+    Returns how many objects were sent again.
+    """
     info = book.info(job_id)
     if info is None:
         raise UsageError(f"no such job: {job_id}")
-    wanted = {f"e:{k}" for k in kinds}
+    sent = 0
+    for doc in book.unpark(job_id):
+        refs = [ObjectRef.from_json(r) for r in doc["refs"]]
+        book.reserve(job_id, doc["chunk"], 0)
+        publish(app, settings, job_id, refs, doc["models"], doc["chunk"])
+        sent += len(refs)
+    wanted = set(kinds)
     failed: dict[str, ObjectRef] = {}
-    for page in book.items(job_id):
-        uris = [(model, uri) for model, uri, st in page if st in wanted]
-        by_model: dict[str, list[str]] = {}
-        for model, uri in uris:
-            by_model.setdefault(model, []).append(uri)
-        for model, group in by_model.items():
-            for uri, rec in store.get_many(model, group).items():
-                failed.setdefault(uri, ObjectRef(uri, None, rec.etag))
-    if not failed:
-        return 0
-    refs = list(failed.values())
-    # The whole object is relabelled with every model of the job (one decode serves them all).
-    book.forget(job_id, [(m, r.uri) for r in refs for m in info.models])
-    for n, start in enumerate(range(0, len(refs), settings.chunk_size)):
-        chunk_id = f"{job_id}:retry-{int(time.time())}-{n}"
-        book.waiting(chunk_id)
-        publish(app, settings, job_id, refs[start : start + settings.chunk_size], info.models, chunk_id)
-    logger.info("job %s: re-enqueued %d objects with retryable errors", job_id, len(refs))
-    return len(refs)
+    for f in book.failures(job_id):
+        if f.kind in wanted:
+            failed.setdefault(f.uri, ObjectRef(f.uri, None, f.etag))
+    if failed:
+        # The whole object is relabelled with every model of the job (one decode serves them all).
+        gone = book.forget(job_id, [(m, uri) for uri in failed for m in info.models])
+        refs = [failed[uri] for uri in dict.fromkeys(uri for _, uri in gone)]
+        attempt = int(book.redis.hincrby(f"labelq:job:{job_id}", "retries", 1))
+        for start in range(0, len(refs), settings.chunk_size):
+            group = refs[start : start + settings.chunk_size]
+            cid = chunk_id(f"{job_id}:retry-{attempt}", info.models, [r.uri for r in group])
+            book.reserve(job_id, cid, 0)
+            publish(app, settings, job_id, group, info.models, cid)
+        sent += len(refs)
+    if sent:
+        logger.info("job %s: re-enqueued %d objects", job_id, sent)
+    return sent
 
 
 def publish(app: Any, settings: Settings, job: str, refs: Sequence[ObjectRef], models: Sequence[str],
-            chunk_id: str | None, priority: int | None = None) -> None:
-    """Send one chunk task; an unreachable broker is a UsageError."""
+            chunk: str | None, priority: int | None = None) -> None:
+    """Send one chunk task; a broker that cannot take it is a UsageError (the producer exits non-zero)."""
     from kombu.exceptions import OperationalError
 
     try:
         app.send_task(
-            TASK,
-            args=[job, [r.to_json() for r in refs], list(models), chunk_id],
+            CHUNK_TASK,
+            args=[job, [r.to_json() for r in refs], list(models), chunk],
             queue=settings.queue,
             priority=priority,
-            task_id=chunk_id,  # a chunk published twice is one task id: workers run it once
+            task_id=chunk,  # a chunk published twice is one task id: workers run it once
             retry=True,
             retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
         )
     except OperationalError as exc:
         raise UsageError(f"cannot reach the broker at {redact(settings.broker_url)}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. Redis OOM: the chunk was not published
+        raise UsageError(f"the broker at {redact(settings.broker_url)} refused a chunk: {type(exc).__name__}: "
+                         f"{exc}") from None
+

@@ -1,108 +1,82 @@
-"""The Celery app, its task, and the per-process runtime of a worker.
+"""The worker: task bodies bound to the task contract, and the per-process runtime.
 
 ``celery -A labelq.worker worker`` works as is; ``labelq worker --devices ...``
 (see :mod:`labelq.launcher`) starts one solo-pool process per device, pinned with
 ``CUDA_VISIBLE_DEVICES``. Models load once per process, after any fork: in the
-process itself for the solo and threads pools, in each child for prefork. The task
-is thin: it hands a chunk of refs to the engine and writes each batch's records in
-one round trip.
+process itself for the solo and threads pools, in each child for prefork. A worker
+whose models do not load does not consume: it exits non-zero with one line.
+
+A task acknowledges its chunk only when every record of it is written. A failure that
+is not about one object (a model that does not load, a store that cannot be reached,
+Redis out of memory, a bug) sends the chunk back with backoff; after
+``LABELQ_CHUNK_ATTEMPTS`` attempts it is parked in the job's dead letters, where
+``labelq status`` shows it and ``labelq retry`` runs it again. Nothing is acknowledged
+and gone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
+import sys
 import threading
 import time
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from celery import Celery, signals
+from celery import signals
+from celery.exceptions import Reject, Retry
 from celery.worker.control import inspect_command
 
 from .config import Settings, load_settings, redact
+from .errors import UsageError
+from .redis_client import is_redis_url
+from .tasks import CHUNK_TASK, LIVE_TASK, make_app
 
 logger = logging.getLogger(__name__)
 
-TASK = "labelq.label_chunk"
-LIVE_TASK = "labelq.label_one"
-
-
-def make_app(settings: Settings) -> Celery:
-    """A Celery app configured from settings: JSON only, late acks, one chunk prefetched."""
-    app = Celery("labelq", broker=settings.broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        event_serializer="json",
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_default_queue=settings.queue,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            # kombu looks for expired unacked chunks only every 10 s x 10 polls (~100 s) by default;
-            # look often enough that a dead worker's chunk returns close to visibility_timeout.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
-            "unacked_restore_throttle": 1,
-        },
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        broker_heartbeat=0 if settings.broker_url.startswith("amqp") else None,
-        worker_redirect_stdouts=False,
-        worker_send_task_events=False,
-        worker_disable_rate_limits=True,
-    )
-    app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(label_chunk)
-    app.task(name=LIVE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(label_one)
-    return app
+EXIT_NO_MODEL = 3  # a worker whose models do not load exits with this code
 
 
 class Runtime:
-    """What one worker process holds: settings, engine, classifiers, job book, sink."""
+    """What one worker process holds: settings, services, engine, classifiers, moderator."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        from .engine import Engine
-        from .jobs import JobBook
         from .logs import quiet_libraries
-        from .redis_store import connect
-        from .results import SQLStore
+        from .services import open_services
         from .storage import Stores
 
         quiet_libraries()
         self.settings = settings
         self.name = name
-        self.redis = connect(settings.jobs_redis)
-        self.book = JobBook(self.redis, ttl=settings.result_ttl)
-        results = settings.results
-        self.sql = None if results.startswith(("redis://", "rediss://", "unix://")) else SQLStore(results)
-        if self.sql is None and results != settings.jobs_redis:
-            logger.warning("results_url is a second Redis; records go to the job Redis %s", redact(settings.jobs_redis))
+        self.services = open_services(settings)
+        self.book = self.services.book
+        self.records = self.services.records
         self.classifiers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.metrics = None
         if settings.metrics_port:
             from .metrics import Metrics
+            from .redis_client import connect
 
             self.metrics = Metrics()
-            broker = connect(settings.broker_url) if settings.broker_url.startswith(("redis", "rediss")) else None
+            broker = connect(settings.broker_url) if is_redis_url(settings.broker_url) else None
             if broker is not None:
                 self.metrics.watch_queue(broker, [settings.queue, settings.live_queue], self.book)
             self.metrics.serve(settings.metrics_port)
-        self.engine: Engine | None = None  # made with the first chunk's classifiers
+        self.engine: Any = None  # made with the first chunk's classifiers
         self._stores = Stores(settings)
         self._batcher: Any = None
         self.moderator: Any = None
         self._moderation = ThreadPoolExecutor(1, thread_name_prefix="labelq-moderate")
         self._moderation_slots = threading.BoundedSemaphore(64)
         if settings.policy is not None:
-            from .policy import Moderator, load_policy
+            from .moderation import Moderator, load_policy
 
-            self.moderator = Moderator(load_policy(settings.policy), redis=self.redis, stores=self._stores)
+            self.moderator = Moderator(load_policy(settings.policy), redis=self.services.redis, stores=self._stores)
             logger.info("moderation policy %s (version %s)", settings.policy, self.moderator.policy.version)
         for model in settings.models:
             self.classifier(model)
@@ -120,7 +94,12 @@ class Runtime:
         clf = self.classifiers.get(name)
         if clf is None:
             start = time.perf_counter()
-            clf = load_classifier(name, self.settings)
+            try:
+                clf = load_classifier(name, self.settings)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - say which model, in one line
+                raise UsageError(f"cannot load model {name}: {type(exc).__name__}: {exc}") from None
             seconds = clf.warmup(min(self.settings.batch_size, 8))
             if self.metrics is not None:
                 self.metrics.model_load.labels(name).set(time.perf_counter() - start)
@@ -128,28 +107,45 @@ class Runtime:
             self.classifiers[name] = clf
         return clf
 
-    def label(self, job: str, refs: list[Any], models: list[str]) -> tuple[int, int]:
-        """Label one chunk; every batch's records land in one write. Returns (images, records)."""
+    def _engine(self, classifiers: list[Any]) -> Any:
         from .engine import Engine
+
+        if self.engine is None:
+            observe = self.metrics.observe_stage if self.metrics is not None else None
+            self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name, observe=observe,
+                                 raise_worker_faults=True)
+        self.engine.use(classifiers)
+        return self.engine
+
+    def label(self, job: str, refs: list[Any], models: list[str], chunk: str) -> tuple[int, int]:
+        """Label one chunk; its records are written (and counted) batch by batch. Returns (images, records)."""
         from .storage import ObjectRef
 
         classifiers = [self.classifier(m) for m in models]
-        if self.engine is None:
-            observe = self.metrics.observe_stage if self.metrics is not None else None
-            self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name, observe=observe)
-        self.engine.use(classifiers)
+        engine = self._engine(classifiers)
+        position = {ref[0]: i for i, ref in enumerate(refs)}
+        model_index = {m: i for i, m in enumerate(models)}
+        n_models = len(models)
+        per_chunk = getattr(self.records, "per_chunk", False)
+        buffered: list[Any] = []
         images = written = 0
         start = time.perf_counter()
         moderated = []
-        for records in self.engine.run((ObjectRef.from_json(r) for r in refs), job=job):
-            moderated.append(self.write(job, records))
-            images += len(records) // len(classifiers)
+        for records in engine.run((ObjectRef.from_json(r) for r in refs), job=job):
+            items = [(chunk, position[r.uri] * n_models + model_index[r.model], r) for r in records]
+            if per_chunk:
+                buffered.extend(items)
+            else:
+                moderated.append(self.write(job, items, chunk=chunk))
+            images += len(records) // n_models
             written += len(records)
+        if per_chunk and buffered:
+            moderated.append(self.write(job, buffered, chunk=chunk))
         for done in moderated:  # the chunk is acknowledged only once its actions ran
             if done is not None:
                 done.result()
         seconds = time.perf_counter() - start
-        if self.settings.broker_url.startswith(("redis", "rediss")) and seconds > self.settings.visibility_timeout / 2:
+        if is_redis_url(self.settings.broker_url) and seconds > self.settings.visibility_timeout / 2:
             logger.warning(
                 "a chunk of %d images took %.0fs, over half of visibility_timeout (%ds): chunks still in progress "
                 "may be redelivered to another worker; raise LABELQ_VISIBILITY_TIMEOUT or lower LABELQ_CHUNK_SIZE",
@@ -157,24 +153,24 @@ class Runtime:
             )
         return images, written
 
-    def write(self, job: str, records: list[Any]) -> Future[None] | None:
-        """One batch's records: one Lua call (Redis store), or one SQL upsert + one Lua call.
+    def write(self, job: str, items: list[tuple[str, int, Any]], *, chunk: str | None = None) -> Future[None] | None:
+        """Write (chunk, position, record) items: the records to the store, then the job's counts.
 
-        With a policy, a redelivered task must not turn an object we moved to quarantine into a
-        ``not_found`` record: those records are dropped, the stored ok record stands. The policy's
-        actions then run on the moderation thread, so slow S3 calls or webhooks never hold inference;
-        the returned future says when they ran (tasks wait for it before they are acknowledged).
+        With a policy, the moderator decides which records to keep (a redelivered task must not
+        turn an object it moved to quarantine into a ``not_found`` record), and its actions run
+        on the moderation thread; the returned future says when they ran (tasks wait for it
+        before they are acknowledged).
         """
+        records = [rec for _, _, rec in items]
         if self.moderator is not None:
-            gone = [r.uri for r in records if r.error_kind == "not_found"]
-            moved = self.moderator.moved(gone) if gone else set()
-            records = [r for r in records if not (r.error_kind == "not_found" and r.uri in moved)]
+            kept = {id(r) for r in self.moderator.keep(records)}
+            items = [it for it in items if id(it[2]) in kept]
+            records = [rec for _, _, rec in items]
             if not records:
                 return None
         start = time.perf_counter()
-        if self.sql is not None:
-            self.sql.write(records)
-        self.book.record(job, records, bodies=self.sql is None)
+        self.records.write(records, chunk=chunk)
+        self.book.record(job, items)
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
@@ -182,6 +178,14 @@ class Runtime:
             return None
         self._moderation_slots.acquire()  # bounded: a writer far ahead of the actions waits
         return self._moderation.submit(self._moderate, records)
+
+    def write_live(self, job: str, records: list[Any]) -> Future[None] | None:
+        """The live path's records: each upload is a chunk of its own (``live:`` + a digest of uri and etag)."""
+        items = [(live_chunk(r.uri, r.etag), zlib.crc32(r.model.encode()) % 4096, r) for r in records]
+        after = self.write(job, items)
+        for chunk in dict.fromkeys(c for c, _, _ in items):
+            self.book.chunk_done(job, chunk)
+        return after
 
     def _moderate(self, records: list[Any]) -> None:
         try:
@@ -200,10 +204,16 @@ class Runtime:
             if self._batcher is None:
                 engine = Engine(list(self.classifiers.values()) or [self._load(m) for m in self.settings.models],
                                 self._stores, self.settings, worker=self.name)
-                self._batcher = Batcher(engine, self.classifier, self.write,
+                self._batcher = Batcher(engine, self.classifier, self.write_live,
                                         max_batch_size=self.settings.max_batch_size,
                                         batch_timeout=self.settings.batch_timeout)
             return self._batcher
+
+
+def live_chunk(uri: str, etag: str | None) -> str:
+    import hashlib
+
+    return "live:" + hashlib.blake2b(f"{uri}\0{etag or ''}".encode(), digest_size=10).hexdigest()
 
 
 def check_visibility(settings: Settings, model_seconds_per_image: float) -> float:
@@ -216,7 +226,7 @@ def check_visibility(settings: Settings, model_seconds_per_image: float) -> floa
     """
     decode_allowance = 0.02  # seconds per image for fetch + decode on one core (measured ~6-26 ms)
     expected = settings.chunk_size * (model_seconds_per_image + decode_allowance)
-    if settings.broker_url.startswith(("redis", "rediss")) and expected > settings.visibility_timeout / 2:
+    if is_redis_url(settings.broker_url) and expected > settings.visibility_timeout / 2:
         logger.warning(
             "visibility_timeout is %ds but a chunk of %d images is expected to take about %.0fs: chunks may be "
             "redelivered while still in progress; set LABELQ_VISIBILITY_TIMEOUT above %.0f or lower LABELQ_CHUNK_SIZE",
@@ -226,6 +236,7 @@ def check_visibility(settings: Settings, model_seconds_per_image: float) -> floa
 
 
 _runtime: Runtime | None = None
+_runtime_error: str | None = None
 _runtime_lock = threading.Lock()
 
 
@@ -239,16 +250,108 @@ def runtime(hostname: str | None = None) -> Runtime:
         return _runtime
 
 
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1`` of a failed chunk: doubling from chunk_retry_delay, jittered."""
+    base = settings.chunk_retry_delay * (2 ** max(0, attempt - 1))
+    return min(300.0, base) * (0.75 + random.random() / 2)
+
+
+def _failed(task: Any, exc: BaseException, job: str, payload: dict[str, Any], items: int) -> dict[str, Any]:
+    """A task failed as a whole: send it back with backoff, or park it after the last attempt.
+
+    Never acknowledges work that is not done. When the broker or Redis cannot take the retry or
+    the dead letter (out of memory, read-only, down), it keeps trying for a while; if they never
+    come back the process exits without acknowledging, and the broker hands the chunk to another
+    worker after the visibility timeout.
+    """
+    settings = load_settings()
+    attempt = int(getattr(task.request, "retries", 0) or 0) + 1
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())
+    chunk = payload["chunk"]
+    if attempt < settings.chunk_attempts:
+        delay = retry_delay(settings, attempt)
+        logger.warning("job %s chunk %s failed (attempt %d/%d), retrying in %.0fs: %s", job, chunk, attempt,
+                       settings.chunk_attempts, delay, what)
+
+        def send_retry() -> None:
+            try:
+                task.retry(countdown=delay, max_retries=settings.chunk_attempts + 1, exc=exc)
+            except Retry as sent:
+                raise _Sent(sent) from None
+
+        try:
+            _persist(send_retry, f"send the retry of job {job} chunk {chunk}", settings)
+        except _Sent as sent:
+            raise sent.retry from None
+        raise AssertionError("unreachable: a sent retry raises")
+    payload.update(error=what[:2000], attempts=attempt, worker=getattr(task.request, "hostname", None),
+                   at=time.time())
+
+    def park() -> int:
+        book = runtime().book if _runtime is not None else _open_book(settings)
+        return book.park(job, chunk, payload, items)
+
+    missing = _persist(park, f"dead-letter job {job} chunk {chunk}", settings)
+    logger.error("job %s chunk %s failed %d times and is dead-lettered (%d records not written): %s; "
+                 "`labelq status %s` shows it, `labelq retry %s` runs it again", job, chunk, attempt, missing,
+                 what, job, job)
+    return {"dead": True, "error": what}
+
+
+class _Sent(Exception):
+    def __init__(self, retry: Retry) -> None:
+        self.retry = retry
+
+
+def _open_book(settings: Settings) -> Any:
+    from .services import open_services
+
+    return open_services(settings).book
+
+
+def _persist(step: Any, what: str, settings: Settings) -> Any:
+    """Run ``step`` until Redis/the broker takes it, for at most half the visibility timeout (<= 5 min).
+
+    Past that the process exits without acknowledging its chunk (the broker redelivers it).
+    """
+    deadline = time.monotonic() + min(300.0, settings.visibility_timeout / 2)
+    delay = 0.5
+    while True:
+        try:
+            return step()
+        except _Sent:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis/broker refusing writes
+            if time.monotonic() > deadline:
+                line = f"labelq worker: could not {what} ({type(exc).__name__}: {exc}); exiting without " \
+                       "acknowledging it: the broker hands it to another worker after the visibility timeout"
+                logger.critical(line)
+                print(line, file=sys.stderr, flush=True)
+                os._exit(1)
+            logger.warning("could not %s (%s: %s); trying again in %.1fs", what, type(exc).__name__, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: str | None = None) -> dict[str, Any]:
     """Celery task: label a chunk of refs ``[[uri, size, etag], ...]`` with the named models."""
-    rt = runtime(getattr(self.request, "hostname", None))
-    if chunk and rt.book.started(job, chunk):
-        logger.info("job %s chunk %s was already labelled: a duplicate message, skipped", job, chunk)
-        return {"images": 0, "records": 0, "duplicate": True}
-    start = time.perf_counter()
-    images, records = rt.label(job, refs, models)
-    if chunk:
+    from .jobs import chunk_id
+
+    chunk = chunk or chunk_id(job, models, [r[0] for r in refs])
+    try:
+        rt = runtime(getattr(self.request, "hostname", None))
+        if rt.book.started(job, chunk):
+            logger.info("job %s chunk %s was already labelled: a duplicate message, skipped", job, chunk)
+            return {"images": 0, "records": 0, "duplicate": True}
+        start = time.perf_counter()
+        images, records = rt.label(job, refs, models, chunk)
         rt.book.chunk_done(job, chunk)
+    except (Retry, Reject):
+        raise
+    except Exception as exc:
+        logger.debug("chunk failure", exc_info=True)
+        payload = {"chunk": chunk, "refs": refs, "models": models}
+        return _failed(self, exc, job, payload, len(refs) * len(models))
     seconds = time.perf_counter() - start
     if rt.metrics is not None:
         rt.metrics.chunks.inc()
@@ -260,15 +363,41 @@ def label_one(self: Any, job: str, ref: list[Any], models: list[str], uploaded_a
     """Celery task (live queue): label one new object, batched with its neighbours on this worker."""
     from .storage import ObjectRef
 
-    rt = runtime(getattr(self.request, "hostname", None))
-    records = rt.batcher().submit(job, ObjectRef.from_json(ref), models).result()
+    try:
+        rt = runtime(getattr(self.request, "hostname", None))
+        records = rt.batcher().submit(job, ObjectRef.from_json(ref), models).result()
+    except (Retry, Reject):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        payload = {"chunk": live_chunk(ref[0], ref[2] if len(ref) > 2 else None), "refs": [ref], "models": models}
+        return _failed(self, exc, job, payload, len(models))
     out: dict[str, Any] = {"uri": ref[0], "records": len(records)}
     if uploaded_at is not None:
         out["latency_s"] = round(time.time() - uploaded_at, 4)
     return out
 
 
+def bind(app: Any) -> Any:
+    """Bind the task bodies to the contract's names."""
+    app.task(name=CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(label_chunk)
+    app.task(name=LIVE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(label_one)
+    return app
+
+
 # ------------------------------------------------------------------------- signals
+
+
+def _start_or_exit(hostname: str | None) -> None:
+    """Make the runtime (load the models) before consuming; a worker that cannot exits non-zero."""
+    global _runtime_error
+    try:
+        runtime(hostname)
+    except BaseException as exc:  # noqa: BLE001 - any failure here means this worker must not consume
+        _runtime_error = str(exc) if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
+        line = f"labelq worker {hostname or ''}: cannot start, not consuming: {_runtime_error}".replace("\n", " ")
+        logger.critical(line)
+        print(line, file=sys.stderr, flush=True)
+        os._exit(EXIT_NO_MODEL)
 
 
 @signals.celeryd_after_setup.connect
@@ -279,17 +408,24 @@ def _preload_in_process(sender: Any = None, instance: Any = None, **_: Any) -> N
     """
     pool = str(getattr(instance, "pool_cls", "")).lower()
     if "solo" in pool or "thread" in pool:
-        runtime(str(sender) if sender else None)
+        _start_or_exit(str(sender) if sender else None)
 
 
 @signals.worker_process_init.connect
 def _preload_in_child(**_: Any) -> None:
-    """Prefork: each child loads its own models after the fork (solo sends this signal too: skip it there,
-    ``_preload_in_process`` knows the node name)."""
+    """Prefork: each child loads its own models after the fork; a child that cannot stops the whole
+    worker (its parent), rather than letting the pool restart it forever."""
     from billiard.process import current_process
 
     if current_process().name != "MainProcess":
-        runtime()
+        try:
+            runtime()
+        except BaseException as exc:  # noqa: BLE001
+            logger.critical("labelq worker child cannot start, stopping the worker: %s: %s", type(exc).__name__, exc)
+            import signal
+
+            os.kill(os.getppid(), signal.SIGTERM)
+            os._exit(EXIT_NO_MODEL)
 
 
 @signals.worker_ready.connect
@@ -299,7 +435,7 @@ def _ready(sender: Any = None, **_: Any) -> None:
                 ", ".join(s.models))
 
 
-app = make_app(load_settings())
+app = bind(make_app(load_settings()))
 
 
 @inspect_command()
@@ -307,7 +443,7 @@ def labelq_info(state: Any) -> dict[str, Any]:
     """Remote-control answer for `labelq ping`: this worker's device and loaded models."""
     rt = _runtime
     if rt is None:
-        return {"device": None, "models": [], "ready": False}
+        return {"device": None, "models": [], "ready": False, "error": _runtime_error}
     models = {name: str(clf.device) for name, clf in rt.classifiers.items()}
     devices = sorted(set(models.values()))
     return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True}

@@ -1,8 +1,8 @@
-"""JobBook against a real Redis: each (uri, model) counted once, state, TTLs, paging, round trips."""
+"""JobBook against a real Redis: per-chunk counting (each (uri, model) once), failures, dead letters,
+the queue bound, the listing cursor, TTLs, round trips, and memory that does not grow with successes."""
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +12,7 @@ import pytest
 
 from labelq import keys
 from labelq.errors import UsageError
-from labelq.jobs import JobBook, parse_body
+from labelq.jobs import JobBook, chunk_id
 from labelq.records import Record
 
 MODELS = ("org/vit", "timm/mobilenet")
@@ -31,175 +31,242 @@ def uris(n: int, prefix: str = "s3://bkt/img") -> list[str]:
     return [f"{prefix}{i:05d}.jpg" for i in range(n)]
 
 
+def items(chunk: str, records: list[Record], models: tuple[str, ...] = MODELS) -> list[tuple[str, int, Record]]:
+    """(chunk, position, record) as a worker makes them: object index x models + model index."""
+    order = list(dict.fromkeys(r.uri for r in records))
+    return [(chunk, order.index(r.uri) * len(models) + models.index(r.model), r) for r in records]
+
+
 @pytest.fixture
 def book(redis_client: Any) -> JobBook:
     return JobBook(redis_client)
 
 
-def opened(book: JobBook, job: str = "J", models: tuple[str, ...] = MODELS[:1]) -> str:
+def opened(book: JobBook, job: str = "J", models: tuple[str, ...] = MODELS[:1], total: int | None = None) -> str:
     book.open(job, source="s3://bkt/prefix", models=list(models))
+    if total is not None:
+        book.finish_listing(job, total, len(models))
     return job
+
+
+def counts(book: JobBook, job: str) -> tuple[int, int, dict[str, int], str]:
+    info = book.info(job)
+    assert info is not None
+    return info.ok, info.error, info.errors, info.state
 
 
 # ---------------------------------------------------------------- counting once
 
 
-def test_the_same_records_written_twice_count_once(book: JobBook, redis_client: Any) -> None:
+def test_the_same_chunk_written_twice_counts_once_and_lists_only_failures(book: JobBook, redis_client: Any) -> None:
     job = opened(book, models=MODELS)
-    batch = [ok(u, m) for u in uris(8) for m in MODELS] + [err(u, m, "not_found") for u in uris(3, "s3://bkt/gone") for m in MODELS]
-    first = book.record(job, batch, bodies=True)
-    again = book.record(job, list(reversed(batch)), bodies=True)  # a redelivered chunk, in another order
+    good, bad = uris(8), uris(3, "s3://bkt/gone")
+    batch = items("c1", [ok(u, m) for u in good for m in MODELS] + [err(u, m, "not_found") for u in bad for m in MODELS])
+    first = book.record(job, batch)
+    again = book.record(job, list(reversed(batch)))  # a redelivered chunk, in another order
     assert first == again == (16, 6)
-    info = book.info(job)
-    assert info is not None
-    assert (info.ok, info.error, info.errors) == (16, 6, {"not_found": 6})
-    assert redis_client.hlen(keys.job_items(job)) == 22
-    for model in MODELS:  # bodies: one per uri per model, rewritten, not added
-        assert redis_client.hlen(keys.records(model)) == 11
-        stored = parse_body(redis_client.hget(keys.records(model), uris(1)[0]))
-        assert (stored.uri, stored.model, stored.status, stored.label) == (uris(1)[0], model, "ok", "normal")
+    assert counts(book, job)[:3] == (16, 6, {"not_found": 6})
+    failures = sorted((f.model, f.uri, f.kind, f.chunk) for f in book.failures(job))
+    assert failures == sorted((m, u, "not_found", "c1") for u in bad for m in MODELS)
+    assert all(f.message == f"not_found: {f.uri}" for f in book.failures(job))
+    # successes are not stored one by one: the chunk's bits are 2 bits per item, gone once it is done
+    assert redis_client.strlen(keys.job_chunk_bits(job, "c1")) == (22 * 2 + 7) // 8
+    book.chunk_done(job, "c1")
+    assert not redis_client.exists(keys.job_chunk_bits(job, "c1"))
+    assert book.record(job, batch) == (16, 6)  # a late duplicate of a done chunk moves nothing
 
 
-def test_two_concurrent_writers_count_each_item_once(redis_server: Any, redis_url: str) -> None:
-    items = [(u, m) for u in uris(600) for m in MODELS]
-    records = [ok(u, m) if i % 7 else err(u, m, "corrupt") for i, (u, m) in enumerate(items)]
-    JobBook(redis_server.client()).open("J", source="s3://bkt/prefix", models=list(MODELS))
-    start = threading.Barrier(2)
-    failures: list[Exception] = []
+def test_two_concurrent_writers_of_one_chunk_count_each_item_once(redis_server: Any, redis_url: str) -> None:
+    names = uris(400)
+    batch = items("c", [ok(u) for u in names[:300]] + [err(u) for u in names[300:]], MODELS[:1])
+    with redis_server.client() as setup:
+        opened(JobBook(setup), total=400)
 
     def writer(seed: int) -> None:
-        mine = list(records)
-        random.Random(seed).shuffle(mine)  # both write every record, in different orders, interleaved
-        try:
-            with redis_server.client() as client:
-                own = JobBook(client)
-                start.wait()
-                for i in range(0, len(mine), 25):
-                    own.record("J", mine[i : i + 25], bodies=True)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            failures.append(exc)
+        with redis_server.client() as client:
+            mine = JobBook(client)
+            order = batch[seed::2] + batch[1 - seed :: 2]
+            for i in range(0, len(order), 25):
+                mine.record("J", order[i : i + 25])
 
-    threads = [threading.Thread(target=writer, args=(s,)) for s in (1, 2)]
+    threads = [threading.Thread(target=writer, args=(s,)) for s in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert not failures, failures
-    n_err = sum(1 for r in records if not r.ok)
     with redis_server.client() as client:
-        info = JobBook(client).info("J")
-        assert info is not None
-        assert (info.ok, info.error) == (len(records) - n_err, n_err)
-        assert info.errors == {"corrupt": n_err}
-        assert client.hlen(keys.job_items("J")) == len(records)
+        assert counts(JobBook(client), "J") == (300, 100, {"corrupt": 100}, "done")
 
 
 def test_a_status_change_moves_counters_and_error_kinds(book: JobBook) -> None:
     job = opened(book)
-    a, b, c = uris(3)
-    book.record(job, [err(a, kind="storage_error"), err(b, kind="corrupt"), ok(c)])
-    assert _counts(book, job) == (1, 2, {"storage_error": 1, "corrupt": 1})
-
-    book.record(job, [ok(a)])  # a retried storage error now labelled
-    assert _counts(book, job) == (2, 1, {"corrupt": 1})
-
-    book.record(job, [err(b, kind="not_found")])  # still an error, of another kind
-    assert _counts(book, job) == (2, 1, {"not_found": 1})
-
-    book.record(job, [err(c, kind="model_error")])  # ok → error
-    assert _counts(book, job) == (1, 2, {"not_found": 1, "model_error": 1})
+    u = uris(2)
+    book.record(job, [("c", 0, err(u[0], kind="storage_error")), ("c", 1, ok(u[1]))])
+    assert counts(book, job)[:3] == (1, 1, {"storage_error": 1})
+    book.record(job, [("c", 0, err(u[0], kind="corrupt"))])  # failed again, for another reason
+    assert counts(book, job)[:3] == (1, 1, {"corrupt": 1})
+    book.record(job, [("c", 0, ok(u[0])), ("c", 1, err(u[1], kind="not_found"))])  # redelivery: swapped
+    assert counts(book, job)[:3] == (1, 1, {"not_found": 1})
+    assert [(f.uri, f.kind) for f in book.failures(job)] == [(u[1], "not_found")]
 
 
-def _counts(book: JobBook, job: str) -> tuple[int, int, dict[str, int]]:
-    info = book.info(job)
-    assert info is not None
-    return info.ok, info.error, info.errors
-
-
-# ---------------------------------------------------------------- state
+# ---------------------------------------------------------------- finishing
 
 
 def test_finish_listing_after_the_last_record_makes_the_job_done(book: JobBook) -> None:
-    job = opened(book, models=MODELS)
-    names = uris(5)
-    book.record(job, [ok(u, m) for u in names for m in MODELS])
-    info = book.info(job)
-    assert info is not None and info.state == "listing" and not info.done  # no total yet: never done early
-    assert book.finish_listing(job, total=5, n_models=2) == "done"
-    info = book.info(job)
-    assert info is not None
-    assert (info.state, info.total, info.expected, info.processed) == ("done", 5, 10, 10)
-    assert info.finished_at
+    job = opened(book)
+    book.record(job, items("c", [ok(u) for u in uris(3)], MODELS[:1]))
+    assert counts(book, job)[3] == "listing"  # a job never finishes while it is listed
+    assert book.finish_listing(job, 3, 1) == "done"
 
 
 def test_the_last_record_after_finish_listing_makes_the_job_done(book: JobBook) -> None:
-    job = opened(book, models=MODELS)
-    names = uris(4)
-    book.record(job, [ok(u, m) for u in names[:3] for m in MODELS])
-    assert book.finish_listing(job, total=4, n_models=2) == "running"
-    book.record(job, [ok(names[3], MODELS[0])])
+    job = opened(book, total=3)
+    assert counts(book, job)[3] == "running"
+    book.record(job, items("c", [ok(u) for u in uris(2)], MODELS[:1]))
+    assert counts(book, job)[3] == "running"
+    book.record(job, [("c", 2, err(uris(3)[2]))])
     info = book.info(job)
-    assert info is not None and info.state == "running" and info.finished_at is None  # 7 of 8
-    book.record(job, [ok(names[3], MODELS[0])])  # a duplicate does not finish it either
-    assert book.info(job).state == "running"  # type: ignore[union-attr]
-    book.record(job, [err(names[3], MODELS[1], "corrupt")])
+    assert info is not None and info.state == "done" and info.finished_at
+
+
+def test_a_dead_lettered_chunk_finishes_the_job_as_failed_and_retry_takes_it_back(book: JobBook) -> None:
+    job = opened(book, total=6)
+    book.record(job, items("c1", [ok(u) for u in uris(3)], MODELS[:1]))
+    book.chunk_done(job, "c1")
+    later = uris(6)[3:]
+    book.record(job, [("c2", 0, ok(later[0]))])  # one record written before the chunk failed for good
+    refs = [[u, None, "e"] for u in later]
+    assert book.park(job, "c2", {"chunk": "c2", "refs": refs, "models": list(MODELS[:1])}, 3) == 2
     info = book.info(job)
     assert info is not None
-    assert (info.state, info.ok, info.error) == ("done", 7, 1)
-    assert info.finished_at
+    assert (info.state, info.ok, info.dead, info.dead_chunks) == ("failed", 4, 2, 1)
+    assert book.park(job, "c2", {"chunk": "c2", "refs": refs, "models": []}, 3) == 0  # parked once
+    (doc,) = book.unpark(job)
+    assert doc["refs"] == refs and doc["missing"] == 2
+    info = book.info(job)
+    assert info is not None and (info.state, info.dead, info.dead_chunks) == ("running", 0, 0)
+    book.record(job, [("c2", 0, ok(later[0])), ("c2", 1, ok(later[1])), ("c2", 2, ok(later[2]))])
+    book.chunk_done(job, "c2")
+    assert counts(book, job) == (6, 0, {}, "done")
 
 
 def test_open_resumes_the_same_job_and_refuses_another_source(book: JobBook) -> None:
-    first = book.open("J", source="s3://bkt/a", models=["m"])
-    book.enqueued("J", listed=64, refs=64, chunk_id="J:0")
-    again = book.open("J", source="s3://bkt/a", models=["m"])
-    assert first.created_at == again.created_at
-    assert (again.listed, again.enqueued, again.chunks) == (64, 64, 1)
+    opened(book)
+    again = book.open("J", source="s3://bkt/prefix", models=list(MODELS[:1]))
+    assert again.id == "J"
     with pytest.raises(UsageError, match="exists with source"):
-        book.open("J", source="s3://bkt/b", models=["m"])
-    with pytest.raises(UsageError):
-        book.open("J", source="s3://bkt/a", models=["m", "other"])
+        book.open("J", source="s3://other/prefix", models=list(MODELS[:1]))
+    with pytest.raises(UsageError, match="exists with source"):
+        book.open("J", source="s3://bkt/prefix", models=list(MODELS))
 
 
-# ---------------------------------------------------------------- TTL
+# ---------------------------------------------------------------- producer side
+
+
+def test_the_queue_bound_holds_across_producers_and_jobs(book: JobBook, redis_client: Any) -> None:
+    opened(book, "A")
+    opened(book, "B")
+    got = [book.reserve("A" if i % 2 else "B", f"{'A' if i % 2 else 'B'}:{i}", 5) for i in range(8)]
+    assert got == ["ok"] * 5 + ["full"] * 3
+    assert redis_client.zcard(keys.CHUNKS) == 5
+    assert book.reserve("B", "B:0", 5) == "waiting"  # a relisted chunk that still waits is not sent again
+    assert book.started("B", "B:0") is False  # a worker took it: room for one more
+    assert book.reserve("A", "A:9", 5) == "ok"
+    book.chunk_done("A", "A:1")
+    assert book.reserve("A", "A:1", 5) == "done"
+    assert book.reserve("A", "A:10", 0) == "ok"  # 0: no bound
+
+
+def test_the_cursor_moves_once_per_group(book: JobBook) -> None:
+    job = opened(book)
+    assert book.advance(job, cursor_was="", cursor="k0100", listed=100, enqueued=100, chunks=1)
+    assert not book.advance(job, cursor_was="", cursor="k0100", listed=100, enqueued=100, chunks=1)
+    assert book.advance(job, cursor_was="k0100", cursor="k0200", listed=200, enqueued=60, chunks=1)
+    info = book.info(job)
+    assert info is not None and (info.cursor, info.listed, info.enqueued, info.chunks) == ("k0200", 200, 160, 2)
+
+
+def test_one_producer_holds_the_listing_lease(book: JobBook) -> None:
+    assert book.lease("J", "p1", 5)
+    assert not book.lease("J", "p2", 5)
+    assert not book.renew("J", "p2", 5)
+    assert book.renew("J", "p1", 5)
+    book.release("J", "p2")  # not its lease: nothing happens
+    assert not book.lease("J", "p2", 5)
+    book.release("J", "p1")
+    assert book.lease("J", "p2", 5)
+
+
+def test_already_labelled_objects_count_once_per_group(book: JobBook) -> None:
+    job = opened(book, total=5)
+    found = [ok(u) for u in uris(3)] + [err("s3://bkt/bad.jpg", kind="corrupt")]
+    book.count_skipped(job, found, 4)
+    book.count_skipped(job, list(reversed(found)), 4)  # the group relisted after a producer restart
+    info = book.info(job)
+    assert info is not None and (info.ok, info.error, info.skipped, info.errors) == (3, 1, 4, {"corrupt": 1})
+    book.record(job, [("c", 0, ok(uris(5)[4]))])
+    assert counts(book, job)[3] == "done"
+
+
+def test_forget_takes_failures_out_once(book: JobBook) -> None:
+    job = opened(book, total=3)
+    u = uris(3)
+    book.record(job, [("c", 0, err(u[0], kind="storage_error")), ("c", 1, err(u[1], kind="corrupt")),
+                      ("c", 2, ok(u[2]))])
+    book.chunk_done(job, "c")
+    assert counts(book, job)[3] == "done"
+    gone = book.forget(job, [(MODELS[0], u[0]), (MODELS[0], u[2]), (MODELS[0], "s3://nope")])
+    assert gone == [(MODELS[0], u[0])]
+    assert book.forget(job, [(MODELS[0], u[0])]) == []  # a second retry finds nothing to take
+    assert counts(book, job) == (1, 1, {"corrupt": 1}, "running")
+    book.record(job, [("retry-c", 0, ok(u[0]))])
+    assert counts(book, job) == (2, 1, {"corrupt": 1}, "done")
+
+
+def test_chunk_ids_come_from_what_a_chunk_holds() -> None:
+    a = chunk_id("J", ["m"], ["s3://b/1", "s3://b/2"])
+    assert a == chunk_id("J", ["m"], ["s3://b/1", "s3://b/2"]) and a.startswith("J:")
+    assert a != chunk_id("J", ["m"], ["s3://b/2", "s3://b/3"])
+    assert a != chunk_id("J", ["m", "n"], ["s3://b/1", "s3://b/2"])
+    assert a != chunk_id("K", ["m"], ["s3://b/1", "s3://b/2"])
+
+
+# ---------------------------------------------------------------- TTLs and memory
 
 
 def test_ttl_is_applied_to_every_key_a_job_writes(redis_client: Any) -> None:
-    book = JobBook(redis_client, ttl=120)
+    book = JobBook(redis_client, ttl=1000)
     job = opened(book)
-    book.record(job, [ok(u) for u in uris(3)] + [err(uris(4)[3], kind="corrupt")], bodies=True)
-    book.finish_listing(job, total=4, n_models=1)
-    for key in (keys.job(job), keys.job_items(job), keys.job_errors(job), keys.records(MODELS[0])):
-        ttl = redis_client.ttl(key)
-        assert 0 < ttl <= 120, (key, ttl)
+    book.record(job, [("c", 0, err(uris(1)[0]))])
+    for key in (keys.job(job), keys.job_failed(job), keys.job_errors(job), keys.job_chunk_bits(job, "c")):
+        assert 0 < redis_client.ttl(key) <= 1000, key
+    book.chunk_done(job, "c")
+    assert 0 < redis_client.ttl(keys.job_chunks_done(job)) <= 1000
 
 
 def test_no_ttl_keeps_keys(redis_client: Any) -> None:
     book = JobBook(redis_client, ttl=0)
     job = opened(book)
-    book.record(job, [ok(u) for u in uris(2)], bodies=True)
-    for key in (keys.job(job), keys.job_items(job), keys.records(MODELS[0])):
-        assert redis_client.ttl(key) == -1, key
+    book.record(job, [("c", 0, err(uris(1)[0]))])
+    for key in (keys.job(job), keys.job_failed(job)):
+        assert redis_client.ttl(key) == -1
 
 
-# ---------------------------------------------------------------- paging
-
-
-def test_items_pages_through_a_big_job_with_hscan(book: JobBook, redis_client: Any) -> None:
-    job = opened(book, models=MODELS)
-    names = uris(2500)
-    recs = [ok(u, MODELS[0]) for u in names] + [err(u, MODELS[1], "corrupt") for u in names]
-    for i in range(0, len(recs), 500):
-        book.record(job, recs[i : i + 500])
-    pages = book.items(job, count=200)
-    first = next(pages)
-    assert 0 < len(first) < len(recs)  # a page at a time, not the whole hash
-    rest = list(pages)
-    seen = [item for page in [first, *rest] for item in page]
-    assert len(rest) >= 5
-    assert max(len(p) for p in [first, *rest]) <= 1000
-    assert len(seen) == len(set(seen)) == 5000
-    assert set(seen) == {(MODELS[0], u, "o") for u in names} | {(MODELS[1], u, "e:corrupt") for u in names}
+def test_a_big_job_keeps_no_per_object_state(book: JobBook, redis_client: Any) -> None:
+    """10,000 objects in 40 chunks: what stays is the job hash, the done-set and the failures."""
+    names = uris(10_000)
+    job = opened(book, total=len(names))
+    for n in range(0, len(names), 250):
+        cid = chunk_id(job, MODELS[:1], names[n : n + 250])
+        book.record(job, items(cid, [ok(u) if i % 500 else err(u) for i, u in enumerate(names[n : n + 250], n)],
+                               MODELS[:1]))
+        book.chunk_done(job, cid)
+    assert counts(book, job) == (9980, 20, {"corrupt": 20}, "done")
+    left = {k.decode() for k in redis_client.scan_iter(f"labelq:job:{job}*")}
+    assert left == {keys.job(job), keys.job_errors(job), keys.job_failed(job), keys.job_chunks_done(job)}
+    assert redis_client.hlen(keys.job_failed(job)) == 20
+    assert redis_client.scard(keys.job_chunks_done(job)) == 40
 
 
 # ---------------------------------------------------------------- round trips
@@ -238,24 +305,21 @@ def _between(seen: list[dict[str, Any]], begin: str, end: str) -> list[dict[str,
     return seen[text.index(f"ECHO {begin}") + 1 : text.index(f"ECHO {end}")]
 
 
-@pytest.mark.parametrize("bodies", [True, False])
-def test_one_batch_write_is_one_evalsha(bodies: bool, redis_server: Any, redis_url: str,
-                                        monitor: list[dict[str, Any]]) -> None:
+def test_one_batch_write_is_one_evalsha(redis_server: Any, redis_url: str, monitor: list[dict[str, Any]]) -> None:
     with redis_server.client() as client:
         book = JobBook(client)
         job = opened(book, models=MODELS)
-        book.record(job, [ok("s3://bkt/warm.jpg")], bodies=bodies)  # loads the script once (NOSCRIPT → load)
-        batch = [ok(u, m) for u in uris(32) for m in MODELS] + [err("s3://bkt/bad.jpg", m) for m in MODELS]
+        book.record(job, [("w", 0, ok("s3://bkt/warm.jpg"))])  # loads the script once (NOSCRIPT → load)
+        batch = items("c", [ok(u, m) for u in uris(32) for m in MODELS] + [err("s3://bkt/bad.jpg", m) for m in MODELS])
         client.echo("batch-begin")
-        book.record(job, batch, bodies=bodies)
+        book.record(job, batch)
         client.echo("batch-end")
         wait_for_monitor(monitor, "ECHO batch-end")
     during = _between(monitor, "batch-begin", "batch-end")
     from_clients = [c["command"].split()[0].upper() for c in during if c.get("client_type") != "lua"]
     assert from_clients == ["EVALSHA"], from_clients
     in_script = [c["command"].split()[0].upper() for c in during if c.get("client_type") == "lua"]
-    # the script itself did the work: one HSET per item (+ one per body)
-    assert in_script.count("HSET") >= len(batch) * (2 if bodies else 1)
+    assert in_script.count("BITFIELD") >= len(batch)  # the script itself did the work, one bit pair per item
 
 
 def wait_for_monitor(seen: list[dict[str, Any]], command: str, timeout: float = 5) -> None:
@@ -268,16 +332,16 @@ def wait_for_monitor(seen: list[dict[str, Any]], command: str, timeout: float = 
 def test_a_flushed_script_cache_is_survived(book: JobBook, redis_client: Any) -> None:
     """A restarted Redis forgets loaded scripts (they are not in the AOF): the next write reloads."""
     job = opened(book)
-    book.record(job, [ok(uris(1)[0])])
+    book.record(job, [("c", 0, ok(uris(1)[0]))])
     redis_client.script_flush()
-    assert book.record(job, [ok(u) for u in uris(3)]) == (3, 0)
+    assert book.record(job, items("d", [ok(u) for u in uris(3)], MODELS[:1])) == (4, 0)
 
 
 def test_a_chunk_published_twice_is_labelled_once(book: JobBook, redis_client: Any) -> None:
     """A producer killed between publish and bookkeeping republishes one chunk on resume: the worker that
     finished the first copy is told to skip the second; the chunk leaves the waiting set either way."""
     job = opened(book)
-    book.waiting(f"{job}:7")
+    assert book.reserve(job, f"{job}:7", 0) == "ok"
     assert redis_client.zscore(keys.CHUNKS, f"{job}:7") is not None
     assert book.started(job, f"{job}:7") is False  # first copy: label it
     assert redis_client.zscore(keys.CHUNKS, f"{job}:7") is None
