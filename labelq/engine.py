@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from .config import Settings
-from .errors import LabelqError, ModelError, StorageError
-from .images import Geometry, Limits, decode
+from .errors import LabelqError, ModelError, StorageError, WorkerFault
+from .feed import DecodePool, PoolBroken
+from .gpudecode import DeviceJpeg, is_plain_jpeg
+from .gpudecode import supported as device_decode_supported
+from .images import Geometry, Limits, decode, open_checked
 from .models import Classifier, Prediction
 from .records import Record, utcnow
 from .storage import ObjectRef, Store
@@ -36,8 +39,9 @@ class Item:
     """One object on its way through the pipeline: its inputs per view, or its error."""
 
     ref: ObjectRef
-    inputs: dict[Any, np.ndarray] | None = None
+    inputs: dict[Any, Any] | None = None
     error: LabelqError | None = None
+    raw: bytes | None = None  # a JPEG left for the device to decode (LABELQ_GPU_DECODE); its header passed the limits
 
 
 @dataclass
@@ -79,12 +83,18 @@ class Engine:
         *,
         worker: str | None = None,
         observe: Observer | None = None,
+        raise_worker_faults: bool = False,
     ) -> None:
         self.store = store
+        # In a worker, "this worker cannot read objects" (bad credentials, no local root) fails the
+        # whole chunk back to the queue instead of becoming per-object access_denied records.
+        self.raise_worker_faults = raise_worker_faults
         self.settings = settings
         self.worker = worker
         self.observe = observe
         self.limits = Limits(settings.max_bytes, settings.max_pixels, frozenset(settings.formats))
+        self._feed: DecodePool | None = None  # decode processes (LABELQ_DECODE_PROCESSES), else threads
+        self.device_jpeg: DeviceJpeg | None = None  # JPEG decode on the model's device (LABELQ_GPU_DECODE)
         self.use(classifiers)
         self._fetch_pool = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="labelq-fetch")
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="labelq-decode")
@@ -98,6 +108,41 @@ class Engine:
         self.views: list[Any] = list(dict.fromkeys(c.view for c in self.classifiers))
         self._fast_geometries = [v for v in self.views if isinstance(v, Geometry)]
         self._preparer = {c.view: c for c in self.classifiers}
+        self._use_device_decode()
+        self._use_feed()
+
+    def _use_device_decode(self) -> None:
+        """JPEGs decoded on the CUDA device when asked for and every model can take it (fast views, one device)."""
+        self.device_jpeg = None
+        if not self.settings.gpu_decode:
+            return
+        devices = {str(c.device) for c in self.classifiers}
+        cuda = all(c.device.type == "cuda" for c in self.classifiers) and len(devices) == 1
+        if cuda and len(self._fast_geometries) == len(self.views) and device_decode_supported(self._fast_geometries):
+            self.device_jpeg = DeviceJpeg(self.classifiers[0].device, self._fast_geometries)
+        else:
+            logger.info("LABELQ_GPU_DECODE ignored: it needs every model on one CUDA device with a fast path "
+                        "(bilinear or bicubic resize); decoding on the CPU")
+
+    def _use_feed(self) -> None:
+        """Decode processes for the views in use, when asked for and every view is a fast geometry.
+
+        The processes write fixed-size pixels into shared memory, so they serve fast views only; a
+        model on the exact path (its own processor) keeps the decode in threads. A change of views
+        (a worker switching models) starts a pool for the new geometries on its first image.
+        """
+        wanted = self.settings.decode_processes
+        if self._feed is not None and (self._feed.geometries != self._fast_geometries or self._feed.broken):
+            self._feed.close()
+            self._feed = None
+        if wanted < 1 or self._feed is not None or self.device_jpeg is not None:
+            return
+        if len(self._fast_geometries) != len(self.views):
+            logger.info("decode in threads: a model uses its own processor (exact path), which the decode "
+                        "processes do not run")
+            return
+        slots = self.settings.batch_size * (self.settings.prefetch_batches + 1) + 2 * wanted
+        self._feed = DecodePool(wanted, self.limits, self._fast_geometries, slots=slots)
 
     # ------------------------------------------------------------------ stages
 
@@ -112,6 +157,8 @@ class Engine:
         """Decode once (draft only if every view is a fast one) and prepare each view."""
         start = time.perf_counter()
         try:
+            if self.device_jpeg is not None and is_plain_jpeg(data, open_checked(data, self.limits).mode):
+                return Item(ref, raw=data)  # the limits passed on the header; the device decodes it with its batch
             all_fast = len(self._fast_geometries) == len(self.views)
             image = decode(data, self.limits, draft=self._fast_geometries if all_fast else ())
             inputs = {view: self._preparer[view].prepare(image) for view in self.views}
@@ -146,6 +193,8 @@ class Engine:
         is read and decoded in one CPU-pool task: a page-cache read needs no thread of its own,
         and sixteen I/O threads contending for the GIL cost more than the read.
         """
+        if self._feed is not None and not self._feed.broken:
+            return self._submit_feed(ref, self._feed)
         if ref.uri.startswith("file://"):
             return self._decode_pool.submit(self._fetch_decode, ref)
         out: Future[Item] = Future()
@@ -166,6 +215,52 @@ class Engine:
                 self._decode_pool.submit(self._decode, ref, data).add_done_callback(decoded)
             except RuntimeError as exc:  # pool shut down
                 out.set_result(Item(ref, error=StorageError(f"engine closed: {exc}")))
+
+        self._fetch_pool.submit(self._fetch, ref).add_done_callback(fetched)
+        return out
+
+    def _submit_feed(self, ref: ObjectRef, feed: DecodePool) -> Future[Item]:
+        """Fetch in the I/O pool (local files too), decode in the decode processes."""
+        out: Future[Item] = Future()
+
+        def in_threads(data: bytes) -> None:  # the processes cannot run here (PoolBroken): decode as before
+            self._decode_pool.submit(self._decode, ref, data).add_done_callback(lambda f: out.set_result(f.result()))
+
+        def decoded(df: Future[tuple[list[np.ndarray], float]], data: bytes) -> None:
+            try:
+                pixels, seconds = df.result()
+            except LabelqError as exc:
+                out.set_result(Item(ref, error=exc))
+                return
+            except PoolBroken:
+                in_threads(data)
+                return
+            except Exception as exc:  # noqa: BLE001 - per item, never per batch
+                out.set_result(Item(ref, error=_as_corrupt(exc)))
+                return
+            self.stats.add_time("decode", seconds)
+            if self.observe is not None:
+                self.observe("decode", seconds, 1)
+            out.set_result(Item(ref, dict(zip(feed.geometries, pixels, strict=True))))
+
+        def fetched(ff: Future[bytes]) -> None:
+            try:
+                data = ff.result()
+            except LabelqError as exc:
+                out.set_result(Item(ref, error=exc))
+                return
+            except Exception as exc:  # noqa: BLE001
+                out.set_result(Item(ref, error=StorageError(f"{type(exc).__name__}: {exc}")))
+                return
+            try:
+                feed.submit(data).add_done_callback(lambda df: decoded(df, data))
+            except PoolBroken:
+                in_threads(data)
+            except RuntimeError as exc:  # pool closed
+                out.set_result(Item(ref, error=StorageError(f"engine closed: {exc}")))
+            except Exception:  # never lose an item to the feed: decode it in a thread
+                logger.exception("decode pool failed; decoding %s in a thread", ref.uri)
+                in_threads(data)
 
         self._fetch_pool.submit(self._fetch, ref).add_done_callback(fetched)
         return out
@@ -191,21 +286,92 @@ class Engine:
             batch = [pending.popleft().result() for _ in range(min(size, len(pending)))]
             yield batch
 
+    overlap: bool | None = None  # launch batch k+1 before collecting batch k; None: when a model is on CUDA
+
     def run(self, refs: Iterable[ObjectRef], *, job: str | None = None) -> Iterator[list[Record]]:
-        """Label every ref; yields the records of each batch (one per image and model)."""
+        """Label every ref; yields the records of each batch (one per image and model).
+
+        With a model on CUDA, batch k+1 is staged (pinned buffer, copy stream) and its forward pass
+        queued before batch k's results are collected: the host→device copy runs under batch k's
+        compute and the GPU never waits for the host between batches. Records of a batch are then
+        yielded one batch later than without overlap.
+        """
+        overlap = self.overlap if self.overlap is not None else any(c.device.type == "cuda" for c in self.classifiers)
+        previous: tuple[list[Item], dict[Classifier, Any]] | None = None
         for batch in self.batches(refs):
-            records = self.infer(batch, job=job)
-            self.stats.images += len(batch)
-            self.stats.count(records)
-            yield records
+            if not overlap:
+                yield self._counted(batch, self.infer(batch, job=job))
+                continue
+            launched = self._launch(batch)
+            if previous is not None:
+                yield self._counted(previous[0], self.infer(previous[0], job=job, launched=previous[1]))
+            previous = (batch, launched)
+        if previous is not None:
+            yield self._counted(previous[0], self.infer(previous[0], job=job, launched=previous[1]))
+
+    def _counted(self, batch: Sequence[Item], records: list[Record]) -> list[Record]:
+        self.stats.images += len(batch)
+        self.stats.count(records)
+        return records
+
+    def _decode_on_device(self, batch: Sequence[Item]) -> None:
+        """Decode the batch's device-bound JPEGs in one call; any the device fails on are decoded on the CPU."""
+        waiting = [item for item in batch if item.raw is not None]
+        if not waiting:
+            return
+        start = time.perf_counter()
+        datas = [item.raw for item in waiting]
+        try:
+            decoded = self.device_jpeg.decode(datas) if self.device_jpeg is not None else [None] * len(waiting)
+        except Exception:  # the CPU takes them all
+            logger.exception("device JPEG decode failed; decoding the batch on the CPU")
+            decoded = [None] * len(waiting)
+        self._timed("decode_device", start, len(waiting))
+        for item, data, inputs in zip(waiting, datas, decoded, strict=True):
+            item.raw = None
+            if inputs is not None:
+                item.inputs = inputs
+            else:  # per item, with the CPU's errors
+                cpu = self._decode_cpu(item.ref, data)  # type: ignore[arg-type]
+                item.inputs, item.error = cpu.inputs, cpu.error
+
+    def _decode_cpu(self, ref: ObjectRef, data: bytes) -> Item:
+        jpeg, self.device_jpeg = self.device_jpeg, None
+        try:
+            return self._decode(ref, data)
+        finally:
+            self.device_jpeg = jpeg
+
+    def _launch(self, batch: Sequence[Item]) -> dict[Classifier, Any]:
+        """Stage and queue every classifier's forward pass on a batch; a failure is kept for :meth:`infer`."""
+        self._decode_on_device(batch)
+        good = [item for item in batch if item.error is None]
+        launched: dict[Classifier, Any] = {}
+        if not good:
+            return launched
+        for clf in self.classifiers:
+            try:
+                launched[clf] = clf.launch(clf.stage(stack([item.inputs[clf.view] for item in good])))  # type: ignore[index]
+            except Exception as exc:  # noqa: BLE001 - infer() isolates the bad item
+                launched[clf] = exc
+        return launched
 
     def infer(
-        self, batch: Sequence[Item], *, job: str | None = None, classifiers: Sequence[Classifier] | None = None
+        self, batch: Sequence[Item], *, job: str | None = None, classifiers: Sequence[Classifier] | None = None,
+        launched: dict[Classifier, Any] | None = None,
     ) -> list[Record]:
-        """Run the classifiers (default: all in use) over the decoded items of one batch."""
+        """Run the classifiers (default: all in use) over the decoded items of one batch.
+
+        ``launched``: forward passes :meth:`_launch` already queued for this batch, collected here.
+        """
         classifiers = list(classifiers) if classifiers is not None else self.classifiers
         records: list[Record] = []
         now = utcnow()
+        if self.raise_worker_faults:
+            for item in batch:
+                if isinstance(item.error, WorkerFault):
+                    raise item.error
+        self._decode_on_device(batch)
         good = [item for item in batch if item.error is None]
         for item in batch:
             if item.error is not None:
@@ -214,28 +380,54 @@ class Engine:
             if not good:
                 break
             start = time.perf_counter()
-            preds = predict_isolated(clf, [item.inputs[clf.view] for item in good])  # type: ignore[index]
+            preds = _collect_or_isolate(clf, launched, [item.inputs[clf.view] for item in good])  # type: ignore[index]
             self._timed("infer", start, len(good))
             for item, pred in zip(good, preds, strict=True):
                 records.append(self._record(item.ref, clf.name, pred, job, now))
         return records
 
     def _record(self, ref: ObjectRef, model: str, pred: Prediction | LabelqError, job: str | None, now: str) -> Record:
+        rev = next((getattr(c, "revision", None) for c in self.classifiers if c.name == model), None)
         if isinstance(pred, LabelqError):
             return Record(ref.uri, ref.etag, model, status="error", error_kind=pred.kind, error=str(pred),
-                          job=job, worker=self.worker, processed_at=now)
+                          job=job, worker=self.worker, processed_at=now, model_revision=rev)
         return Record(ref.uri, ref.etag, model, pred.label, pred.score, pred.top_k, job=job, worker=self.worker,
-                      processed_at=now)
+                      processed_at=now, model_revision=rev)
 
     def close(self) -> None:
         self._fetch_pool.shutdown(wait=True, cancel_futures=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        if self._feed is not None:
+            self._feed.close()
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stack(inputs: Sequence[Any]) -> Any:
+    """One batch from per-item inputs: numpy arrays, or tensors already on a device (GPU-decoded)."""
+    if inputs and not isinstance(inputs[0], np.ndarray):
+        import torch
+
+        return torch.stack(list(inputs))
+    return np.stack(inputs)
+
+
+def _collect_or_isolate(clf: Classifier, launched: dict[Classifier, Any] | None, inputs: list[Any]
+                        ) -> list[Prediction | LabelqError]:
+    """A launched batch's predictions; on any failure (or none launched) the isolating path."""
+    handle = launched.get(clf) if launched else None
+    if handle is not None and not isinstance(handle, Exception):
+        try:
+            preds: list[Prediction | LabelqError] = list(clf.collect(handle))
+            if len(preds) == len(inputs):
+                return preds
+        except Exception as exc:  # noqa: BLE001 - retried below, item by item if need be
+            _free_memory(exc)
+    return predict_isolated(clf, inputs)
 
 
 def predict_isolated(clf: Classifier, inputs: list[np.ndarray]) -> list[Prediction | LabelqError]:
@@ -245,7 +437,7 @@ def predict_isolated(clf: Classifier, inputs: list[np.ndarray]) -> list[Predicti
     becomes a ``model_error``; its batch-mates are labelled.
     """
     try:
-        return list(clf.predict(np.stack(inputs)))
+        return list(clf.predict(stack(inputs)))
     except Exception as exc:  # noqa: BLE001 - isolate, never fail the batch
         _free_memory(exc)
         if len(inputs) == 1:

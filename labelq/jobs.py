@@ -246,7 +246,7 @@ def chunk_id(job: str, models: Sequence[str], uris: Sequence[str]) -> str:
     """A chunk's id from what it holds: the same objects and models are the same chunk, wherever
     the listing was when it made them (resumes, relists after Redis lost data)."""
     h = hashlib.blake2b(digest_size=10)
-    for part in list(models) + ["\n"] + list(uris):
+    for part in [*list(models), "\n", *list(uris)]:
         h.update(part.encode())
         h.update(b"\0")
     return f"{job}:{h.hexdigest()}"
@@ -487,7 +487,7 @@ class JobBook:
         for fld, info in self.redis.hscan_iter(keys.job_failed(job_id), count=count):
             model, uri = _split(fld)
             text = info.decode() if isinstance(info, bytes) else info
-            kind, chunk, etag, message = (text.split("\t", 3) + ["", "", ""])[:4]
+            kind, chunk, etag, message = ([*text.split("\t", 3), "", "", ""])[:4]
             yield Failure(model, uri, kind, chunk, etag or None, message)
 
     def dead_chunks(self, job_id: str) -> list[dict[str, Any]]:

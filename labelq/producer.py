@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
+from . import keys
 from .config import Settings, redact
 from .errors import RETRYABLE_KINDS, UsageError
 from .jobs import JobBook, JobInfo, chunk_id, new_job_id
@@ -80,10 +81,14 @@ def enqueue(
     size = chunk_size or settings.chunk_size
     job_id = job or new_job_id()
     info: JobInfo = book.open(job_id, source=str(source), models=models)
-    if info.state in ("done", "failed") and not force and info.total is not None:
+    if info.state in ("done", "failed") and info.total is not None:
+        if force:
+            raise UsageError(f"job {job_id} has finished ({info.state}); to relabel its objects use --force with a "
+                             "new --job name" + (f", or `labelq retry {job_id}` for its failures" if info.error or
+                                                  info.dead else ""))
         return EnqueueResult(job_id, info.listed, 0, 0, 0, info.listed, info.state)
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not book.lease(job_id, token, LEASE_S):
+    if not book.lease(job_id, token, LEASE_S) and not _take_dead_lease(book, job_id, token):
         return EnqueueResult(job_id, info.listed, 0, 0, 0, info.listed, "busy")
     try:
         return _produce(source, settings, app=app, book=book, store=store, job_id=job_id, info=info, models=models,
@@ -91,6 +96,31 @@ def enqueue(
                         progress=progress)
     finally:
         book.release(job_id, token)
+
+
+def _take_dead_lease(book: JobBook, job_id: str, token: str) -> bool:
+    """Take the lease of a producer of this host that is gone (SIGKILL, OOM): its lease would
+    otherwise block a resume for up to LEASE_S while nobody lists the job."""
+    held = book.redis.get(keys.job_producer(job_id))
+    host, _, rest = (held.decode() if isinstance(held, bytes) else held or "").partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+        return False
+    book.release(job_id, held.decode() if isinstance(held, bytes) else held)  # compare-and-delete: only that token
+    if not book.lease(job_id, token, LEASE_S):
+        return False
+    logger.info("job %s: took over the listing lease of producer pid %s, which is gone", job_id, pid)
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store: Any, job_id: str, info: JobInfo,

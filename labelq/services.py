@@ -61,7 +61,7 @@ class Services:
             if closer is not None:
                 try:
                     closer()
-                except Exception:  # noqa: BLE001 - closing is best effort
+                except Exception:
                     logger.debug("close failed", exc_info=True)
 
 

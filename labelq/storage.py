@@ -1,10 +1,10 @@
 """Object stores: where image bytes come from.
 
 One small interface over a local folder and S3 (and S3-compatible stores such as
-MinIO and moto), plus manifests (a text file of URIs, one a line). Listing is lazy
-and paginated; every object is an :class:`ObjectRef` carrying its canonical URI,
-size and etag. A record's ``uri`` names the object the same way everywhere:
-``s3://bucket/key`` or ``file:///absolute/path``.
+MinIO and moto). Listing is lazy and paginated; every object is an :class:`ObjectRef`
+carrying its canonical URI, size and etag. A record's ``uri`` names the object the
+same way everywhere: ``s3://bucket/key`` or ``file:///absolute/path``. What a user
+names as SOURCE, and its resumable listing, is labelq.sources (re-exported here).
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote, urlparse
 
 from .config import Settings
-from .errors import AccessDenied, NotFound, StorageError, TooLarge, UsageError
+from .errors import AccessDenied, NotFound, StorageError, TooLarge, WorkerFault
+from .retrying import backoff
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class LocalStore:
 
     def _resolve(self, uri: str) -> Path:
         if self.root is None:
-            raise AccessDenied("local files are not enabled here: set LABELQ_LOCAL_ROOT to the folder workers may read")
+            raise WorkerFault("local files are not enabled here: set LABELQ_LOCAL_ROOT to the folder workers may read")
         raw = path_of(uri)
         if not raw.is_absolute() or ".." in raw.parts:
             raise AccessDenied(f"path escapes the storage root: {raw}")
@@ -121,26 +121,46 @@ class LocalStore:
 
     def list(self, folder: Path, suffixes: tuple[str, ...]) -> Iterator[ObjectRef]:
         """Files under ``folder`` (recursively, sorted per directory, lazily) with a kept suffix."""
-        stack = [folder.resolve()]
-        while stack:
-            current = stack.pop()
-            try:
-                entries = sorted(os.scandir(current), key=lambda e: e.name)
-            except OSError as exc:
-                logger.warning("cannot list %s: %s", current, exc)
-                continue
-            subdirs = []
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(Path(entry.path))
-                elif entry.is_file() and _kept(entry.name, suffixes):
-                    st = entry.stat()
-                    yield ObjectRef(file_uri(Path(entry.path)), st.st_size, local_etag(st))
-            stack.extend(reversed(subdirs))
+        for ref, _ in walk_folder(folder, suffixes):
+            yield ref
 
 
-def _kept(name: str, suffixes: tuple[str, ...]) -> bool:
+def walk_folder(folder: Path, suffixes: tuple[str, ...], *, after: str | None = None) -> Iterator[tuple[ObjectRef, str]]:
+    """Files under ``folder`` with a kept suffix, lazily, as (ref, path relative to ``folder`` with ``/``).
+
+    Order: a directory's files by name, then its subdirectories by name, each subtree whole; symlinked
+    directories are not entered. ``after`` (a relative path this walk yielded) resumes right after it,
+    reading only the directories on its path and those after it.
+    """
+    yield from _walk(folder.resolve(), "", suffixes, after.split("/") if after else None)
+
+
+def _walk(current: Path, rel: str, suffixes: tuple[str, ...], after: list[str] | None) -> Iterator[tuple[ObjectRef, str]]:
+    try:
+        entries = sorted(os.scandir(current), key=lambda e: e.name)
+    except OSError as exc:
+        logger.warning("cannot list %s: %s", current, exc)
+        return
+    subdirs = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry)
+        elif entry.is_file() and kept(entry.name, suffixes) and (after is None or (len(after) == 1 and entry.name > after[0])):
+            st = entry.stat()
+            yield ObjectRef(file_uri(Path(entry.path)), st.st_size, local_etag(st)), rel + entry.name
+    for entry in subdirs:
+        if after is None or len(after) == 1 or entry.name > after[0]:
+            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, None)
+        elif entry.name == after[0]:
+            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, after[1:])
+
+
+def kept(name: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether a file or key name ends with one of ``suffixes`` (any case); every name when there are none."""
     return not suffixes or name.lower().endswith(suffixes)
+
+
+_kept = kept
 
 
 # ----------------------------------------------------------------------------- S3
@@ -176,7 +196,7 @@ class S3Store:
         return with_backoff(lambda: self._get(bucket, key), self.attempts, what=ref.uri)
 
     def _get(self, bucket: str, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
@@ -190,30 +210,30 @@ class S3Store:
             return data
         except ClientError as exc:
             raise s3_error(exc, f"s3://{bucket}/{key}") from None
+        except NoCredentialsError:
+            raise WorkerFault(f"s3://{bucket}/{key}: this worker has no S3 credentials") from None
         except BotoCoreError as exc:
             raise _Transient(f"s3://{bucket}/{key}: {exc}") from None
 
-    def list(self, bucket: str, prefix: str, suffixes: tuple[str, ...]) -> Iterator[ObjectRef]:
-        """Objects under the prefix, one page (1000 keys) at a time."""
-        from botocore.exceptions import BotoCoreError, ClientError
+    def list(self, bucket: str, prefix: str, suffixes: tuple[str, ...], *, after: str | None = None,
+             workers: int = 1) -> Iterator[ObjectRef]:
+        """Objects under the prefix in key order, after the key ``after``, one page (1000 keys) at a time.
 
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", ()):
-                    key = obj["Key"]
-                    if key.endswith("/") or not _kept(key, suffixes):
-                        continue
-                    yield ObjectRef(s3_uri(bucket, key), obj.get("Size"), obj.get("ETag", "").strip('"') or None)
-        except ClientError as exc:
-            err = s3_error(exc, f"s3://{bucket}/{prefix}")
-            raise UsageError(f"cannot list s3://{bucket}/{prefix}: {err}") from None
-        except BotoCoreError as exc:
-            raise UsageError(f"cannot reach S3 to list s3://{bucket}/{prefix}: {exc}") from None
+        ``workers`` > 1 lists sub-prefixes concurrently (labelq.listing.fan_out), in the same order.
+        """
+        from .listing import list_keys
+
+        for ref, _ in list_keys(self.client, bucket, prefix, suffixes, after=after, workers=workers):
+            yield ref
 
 
 class _Transient(StorageError):
     """A failure worth another try (5xx, throttling, timeouts, dropped connections)."""
+
+
+# Codes that say the caller's credentials are wrong, whatever object it asks for.
+_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed")
 
 
 def s3_error(exc: Any, uri: str) -> Exception:
@@ -222,7 +242,9 @@ def s3_error(exc: Any, uri: str) -> Exception:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
         return NotFound(f"{uri}: {code}")
-    if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+    if code in _CREDENTIAL_CODES:
+        return WorkerFault(f"{uri}: {code}: this worker's S3 credentials are refused")
+    if code in ("AccessDenied", "403", "Forbidden"):
         return AccessDenied(f"{uri}: {code}")
     if code in _RETRYABLE_S3 or (status is not None and status >= 500):
         return _Transient(f"{uri}: {code or status}")
@@ -240,7 +262,7 @@ def with_backoff(call: Any, attempts: int, *, what: str, base: float = 0.1, cap:
         except _Transient as exc:
             if attempt == attempts:
                 raise StorageError(f"{exc} (gave up after {attempts} attempts)") from None
-            delay = random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+            delay = backoff(attempt, base, cap)
             logger.info("transient storage error on %s (attempt %d/%d), retrying in %.2fs", what, attempt, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -255,7 +277,7 @@ def make_s3_client(settings: Settings) -> Any:
         retries={"total_max_attempts": 2, "mode": "standard"},
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
-        max_pool_connections=max(10, settings.fetch_threads),
+        max_pool_connections=max(10, settings.fetch_threads, settings.list_workers + 2),
     )
     session = boto3.session.Session()
     return session.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=config)
@@ -290,64 +312,20 @@ class Stores:
         raise AccessDenied(f"unsupported URI scheme {scheme!r}: {ref.uri}")
 
 
-@dataclass(frozen=True)
-class Source:
-    """What the user named: a folder, an s3:// prefix or a manifest file."""
+# Sources and their resumable listings live in labelq.sources, which imports this module; these names
+# stay importable from here, resolved on first use so that either module may be imported first.
+_SOURCES = ("Source", "iter_listing", "iter_source", "parse_source")
 
-    kind: str  # "folder" | "s3" | "manifest"
-    location: str
-    root: Path | None  # folder local files may be read from
-
-    def __str__(self) -> str:
-        return self.location
-
-
-def parse_source(text: str) -> Source:
-    """Interpret SOURCE; raises UsageError with a clear message when it cannot be used."""
-    if text.startswith("s3://"):
-        try:
-            split_s3(text if "/" in text[5:] else text + "/")
-        except ValueError:
-            raise UsageError(f"bad S3 source {text!r}: use s3://bucket or s3://bucket/prefix") from None
-        return Source("s3", text, None)
-    if "://" in text and not text.startswith("file://"):
-        raise UsageError(f"unsupported source {text!r}: use s3://bucket/prefix, a folder or a manifest file")
-    path = path_of(text) if text.startswith("file://") else Path(text).expanduser()
-    if path.is_dir():
-        return Source("folder", str(path.resolve()), path.resolve())
-    if path.is_file():
-        return Source("manifest", str(path.resolve()), path.resolve().parent)
-    raise UsageError(f"source not found: {text} (expected a folder, a manifest file or s3://bucket/prefix)")
+if TYPE_CHECKING:
+    from .sources import Source as Source
+    from .sources import iter_listing as iter_listing
+    from .sources import iter_source as iter_source
+    from .sources import parse_source as parse_source
 
 
-def iter_source(source: Source, stores: Stores) -> Iterator[ObjectRef]:
-    """Lazily list the objects a source names, keeping the configured suffixes."""
-    suffixes = tuple(stores.settings.suffixes)
-    if source.kind == "folder":
-        yield from stores.local.list(Path(source.location), suffixes)
-    elif source.kind == "s3":
-        bucket, prefix = split_s3(source.location if "/" in source.location[5:] else source.location + "/")
-        yield from stores.s3.list(bucket, prefix, suffixes)
-    else:
-        yield from _manifest(Path(source.location))
+def __getattr__(name: str) -> Any:
+    if name in _SOURCES:
+        from . import sources
 
-
-def _manifest(path: Path) -> Iterator[ObjectRef]:
-    """A text file of URIs (or paths relative to the manifest), one a line; # starts a comment."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            if entry.startswith(("s3://", "file://")):
-                yield ObjectRef(entry)
-            elif "://" in entry:
-                raise UsageError(f"{path}: unsupported URI {entry!r} (use s3:// or file://)")
-            else:
-                local = Path(entry)
-                local = Path(os.path.abspath(local if local.is_absolute() else path.parent / local))
-                try:
-                    st = local.stat()
-                    yield ObjectRef(file_uri(local), st.st_size, local_etag(st))
-                except OSError:
-                    yield ObjectRef(file_uri(local))  # fetching it reports not_found / access_denied
+        return getattr(sources, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

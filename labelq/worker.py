@@ -268,6 +268,9 @@ def _failed(task: Any, exc: BaseException, job: str, payload: dict[str, Any], it
     attempt = int(getattr(task.request, "retries", 0) or 0) + 1
     what = " ".join(f"{type(exc).__name__}: {exc}".split())
     chunk = payload["chunk"]
+    metrics = _runtime.metrics if _runtime is not None else None
+    if metrics is not None:
+        metrics.chunk_failures.labels("retried" if attempt < settings.chunk_attempts else "dead_lettered").inc()
     if attempt < settings.chunk_attempts:
         delay = retry_delay(settings, attempt)
         logger.warning("job %s chunk %s failed (attempt %d/%d), retrying in %.0fs: %s", job, chunk, attempt,

@@ -81,7 +81,7 @@ def cluster(redis_db: RedisDB, module_bucket: str, s3_client: Any, s3_server: An
     # Load the job book's scripts into the server now, so no EVALSHA below fails with NOSCRIPT.
     book = JobBook(redis_db.client)
     book.open("warm-up", source="-", models=["-"])
-    book.record("warm-up", [Record("s3://warm/up.jpg", None, "-")])
+    book.record("warm-up", [("c", 0, Record("s3://warm/up.jpg", None, "-"))])
     book.finish_listing("warm-up", 1, 1)
     redis_db.flush()
     workers = module_procs.workers(env, [None, "w2"])
@@ -133,14 +133,22 @@ def test_a_job_of_224_images_across_two_workers(cluster: Cluster, photo_bytes: l
     for w, old in zip(cluster.workers, before, strict=True):
         done = [c for c in w.chunks_done() if c not in old and c[0] == "big"]
         assert sum(images for _, _, images, _ in done) == by_worker[w.node]
-    # one round trip per batch written: one EVALSHA on the job's items; record bodies are written by it only
+    # two round trips per batch written: the records (one pipeline of HSETs into the record hashes), then one
+    # EVALSHA of the job book's record script that counts them; nothing else writes per object
+    import hashlib
+
+    from labelq.jobs import _RECORD_LUA
+
     batches = (n // CHUNK) * (CHUNK // BATCH)
     sent = monitor.from_clients()
-    writes = [c for c in sent if c[0].upper() == "EVALSHA" and keys.job_items("big") in c]
+    record_sha = hashlib.sha1(_RECORD_LUA.encode()).hexdigest()
+    writes = [c for c in sent if c[0].upper() == "EVALSHA" and c[1] == record_sha]
     assert len(writes) == batches, (len(writes), batches)
+    record_hashes = {keys.records(cluster.model), keys.job_records("big", cluster.model)}
     writes_outside = [c for c in sent if c[0].upper() in ("HSET", "HMSET", "HSETNX", "HDEL", "HINCRBY", "DEL")
-                      and any(w.startswith(keys.PREFIX) for w in c[1:2]) and c[1] != keys.job("big")]
-    assert not writes_outside, writes_outside[:3]  # every record and item is written by the script
+                      and any(w.startswith(keys.PREFIX) for w in c[1:2]) and c[1] != keys.job("big")
+                      and c[1] not in record_hashes]
+    assert not writes_outside, writes_outside[:3]  # every count is written by the script
 
     status = cluster.status("big")
     assert (status["state"], status["total"], status["processed"]) == ("done", n, n)
@@ -188,7 +196,9 @@ def test_a_second_job_skips_what_is_labelled_and_force_relabels(cluster: Cluster
     status = cluster.status("skip-b")
     assert (status["state"], status["total"], status["ok"], status["skipped"], status["chunks"]) == ("done", 20, 20, 20, 0)
     second = {r["uri"]: r for r in cluster.export("skip-b")}
-    assert second == first  # the stored records, not new ones (processed_at and all)
+    # the stored records, not new ones (processed_at and all), now part of skip-b's result
+    assert {u: {**r, "job": "skip-a"} for u, r in second.items()} == first
+    assert {r["job"] for r in second.values()} == {"skip-b"}
 
     changed = "skip/p_007.jpg"
     new_etag = put_objects(cluster.s3, cluster.bucket, {changed: photo_bytes[61]})
@@ -198,7 +208,7 @@ def test_a_second_job_skips_what_is_labelled_and_force_relabels(cluster: Cluster
     records = {r["uri"]: r for r in cluster.export("skip-c")}
     uri = f"s3://{cluster.bucket}/{changed}"
     assert records[uri]["etag"] == new_etag[uri] and records[uri]["processed_at"] > first[uri]["processed_at"]
-    assert all(records[u] == first[u] for u in records if u != uri)
+    assert all({**records[u], "job": "skip-a"} == first[u] for u in records if u != uri)
 
     forced = cluster.enqueue_wait(source, "skip-d", extra=("--force",))
     assert "enqueued 20 in 2 chunks, skipped 0" in forced.stderr

@@ -100,9 +100,9 @@ class Pair:
         return cli(["enqueue", f"s3://{self.bucket}/{prefix}", "--job", job, "--chunk-size", str(CHUNK)], self.env,
                    cwd=self.folder).check()
 
-    def items_written(self, job: str, uris: tuple[str, ...]) -> int:
-        fields = [keys.item_field(self.model, u) for u in uris]
-        return sum(v is not None for v in self.db.client.hmget(keys.job_items(job), fields))
+    def items_written(self, job: str, chunk: str) -> int:
+        """(object, model) pairs of a chunk in flight counted so far (its bits: one set bit per pair)."""
+        return int(self.db.client.bitcount(keys.job_chunk_bits(job, chunk)))
 
     def wait_in_flight(self, w: Worker, job: str, timeout: float = 60, *,
                        skip: Collection[str] = ()) -> tuple[str, Any]:
@@ -125,10 +125,10 @@ class Pair:
         while time.monotonic() < deadline:
             task_id, chunk = self.wait_in_flight(w, job, skip=skip)
             while task_id in w.in_flight():
-                if 0 < self.items_written(job, chunk.uris) < len(chunk.uris):
+                if 0 < self.items_written(job, chunk.chunk) < len(chunk.uris):
                     w.kill()  # launcher and worker, SIGKILL, no warning
                     return {"chunk": chunk.chunk, "refs": len(chunk.uris), "at": time.monotonic(),
-                            "written": self.items_written(job, chunk.uris)}
+                            "written": self.items_written(job, chunk.chunk)}
                 time.sleep(0.02)
         raise AssertionError(f"never caught {w.node} in the middle of a chunk of {job}")
 
@@ -278,20 +278,22 @@ def test_redis_with_aof_restarted_mid_job_loses_nothing(redis_factory: Any, s3_s
 
 
 def test_a_producer_killed_right_after_a_publish_runs_that_chunk_once(redis_url: str, redis_client: Any,
-                                                                       procs: Procs, tmp_path: Path) -> None:
+                                                                       procs: Procs, tmp_path: Path,
+                                                                       tiny_vit: Path) -> None:
     """The worst moment to die: a chunk is in the queue but the job does not know yet.
 
     The producer is frozen (SIGSTOP) at random moments until it is caught exactly
     there (the queue holds more chunks than the job's ``chunks`` counter), then
-    SIGKILLed. Publishing to the broker and writing job state cannot be one atomic
-    step, so enqueueing the same job again publishes that one chunk a second time;
-    both copies carry the chunk id as their task id, and the worker that finishes
-    the first skips the second (JobBook.started).
+    SIGKILLed. Publishing to the broker and moving the listing cursor cannot be one
+    atomic step, so enqueueing the same job again relists that group: its chunk has the
+    same content-derived id, is found still waiting and is not published again (and were
+    it published twice, both copies carry the chunk id as their task id, and the worker
+    that finishes the first skips the second: JobBook.started).
     """
     n, size = 3000, 5
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("".join(f"s3://bkt/m/{i:05d}.jpg\n" for i in range(n)))
-    env = labelq_env(broker=redis_url, models=["org/model"])
+    env = labelq_env(broker=redis_url, models=[tiny_vit], max_queued_chunks=0)
     args = ["enqueue", str(manifest), "--job", "worst", "--chunk-size", str(size)]
     producer = procs.spawn(args, env, name="producer")
     wait_until(lambda: int(job_hash(redis_client, "worst").get("chunks", 0)) >= 10, timeout=60, what="10 chunks",
