@@ -9,11 +9,13 @@ image x one model):
   fragmentation and headroom;
 - AOF growth on disk, and the RDB snapshot size (``BGSAVE``) for the same data.
 
-Two modes: ``bodies=True`` (records in Redis: the default result store, a record JSON in
-``labelq:rec:{model}`` plus the job's item field) and ``bodies=False`` (records in
-PostgreSQL via ``LABELQ_RESULTS_URL``; Redis keeps only the job's item field). A third
-row measures the broker queue: bytes per object while its chunk waits (published with
-:func:`labelq.producer.publish`, chunks of ``LABELQ_CHUNK_SIZE`` refs, no worker running).
+Records are written as a worker writes them: chunks of ``--chunk`` objects, each in batches of
+``--batch`` (the record store's write, then :meth:`JobBook.record` with (chunk, position, record)
+items), then :meth:`JobBook.chunk_done`. Two modes: ``bodies=True`` (records in Redis: the
+:class:`labelq.results.redis.RedisStore`, a record JSON in ``labelq:rec:{model}`` and
+``labelq:job:{job}:rec:{model}``) and ``bodies=False`` (records in PostgreSQL or Parquet: Redis keeps
+only the job's counters and the done chunks' ids). A third row measures the broker queue: bytes per
+object while its chunk waits (published with :func:`labelq.producer.publish`, no worker running).
 
 Records look like real ones: ``s3://`` URIs of ~60 characters, S3 etags, top_k=5
 ImageNet-1k labels with float32 softmax scores, ISO timestamps, a job and worker name.
@@ -39,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from labelq.jobs import JobBook
+from labelq.jobs import JobBook, chunk_id
 from labelq.records import Record, utcnow
+from labelq.results.redis import RedisStore
 
 MODEL = "timm/mobilenetv3_small_100.lamb_in1k"
 JOB = "photos-2026-05"
@@ -116,20 +119,28 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def measure(records: list[Record], *, bodies: bool, batch: int) -> dict[str, Any]:
-    """Write ``records`` in batches of ``batch`` into a fresh server; bytes per record."""
+def measure(records: list[Record], *, bodies: bool, batch: int, chunk: int = 256) -> dict[str, Any]:
+    """Write ``records`` as a worker does (chunks of ``chunk``, batches of ``batch``) into a fresh server; bytes per record."""
     with tempfile.TemporaryDirectory(prefix="labelq-redis-bytes-") as tmp:
         folder = Path(tmp)
         with redis_server(folder) as client:
             book = JobBook(client, ttl=30 * 24 * 3600)
+            store = RedisStore(client, ttl=30 * 24 * 3600)
             book.open(JOB, source="s3://photos-prod/uploads/2026/05/", models=[MODEL])
             client.bgrewriteaof()  # a compact base file, so the AOF growth below is the records' own
             _wait_persist(client, "aof_rewrite_in_progress")
             mem0 = int(client.info("memory")["used_memory"])
             aof0 = folder_bytes(folder / "appendonlydir")
             start = time.perf_counter()
-            for i in range(0, len(records), batch):
-                book.record(JOB, records[i : i + batch], bodies=bodies)
+            for c in range(0, len(records), chunk):
+                part = records[c : c + chunk]
+                cid = chunk_id(JOB, [MODEL], [r.uri for r in part])
+                for i in range(0, len(part), batch):
+                    items = [(cid, i + k, rec) for k, rec in enumerate(part[i : i + batch])]
+                    if bodies:
+                        store.write([rec for _, _, rec in items], chunk=cid)
+                    book.record(JOB, items)
+                book.chunk_done(JOB, cid)
             seconds = time.perf_counter() - start
             mem1 = int(client.info("memory")["used_memory"])
             aof1 = folder_bytes(folder / "appendonlydir")
@@ -143,6 +154,7 @@ def measure(records: list[Record], *, bodies: bool, batch: int) -> dict[str, Any
         "records": n,
         "bodies": bodies,
         "batch": batch,
+        "chunk": chunk,
         "used_memory_per_record": round((mem1 - mem0) / n, 1),
         "aof_per_record": round((aof1 - aof0) / n, 1),
         "rdb_per_record": round(rdb / n, 1),
@@ -157,7 +169,7 @@ def measure_queue(records: list[Record], *, chunk: int) -> dict[str, Any]:
     from labelq.config import load_settings
     from labelq.producer import publish
     from labelq.storage import ObjectRef
-    from labelq.worker import make_app
+    from labelq.tasks import make_app
 
     with tempfile.TemporaryDirectory(prefix="labelq-redis-bytes-") as tmp, redis_server(Path(tmp)) as client:
         port = client.connection_pool.connection_kwargs["port"]
@@ -189,21 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--records", type=int, default=10_000, help="records per mode (default 10000)")
     parser.add_argument("--batch", type=int, default=32, help="records per JobBook.record call (default 32)")
-    parser.add_argument("--chunk", type=int, default=64, help="refs per queued chunk (default 64)")
+    parser.add_argument("--chunk", type=int, default=256, help="objects per chunk (default 256, LABELQ_CHUNK_SIZE)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args(argv)
     records = make_records(args.records, labels=imagenet_labels())
-    results = [measure(records, bodies=bodies, batch=args.batch) for bodies in (True, False)]
+    results = [measure(records, bodies=bodies, batch=args.batch, chunk=args.chunk) for bodies in (True, False)]
     queue = measure_queue(records, chunk=args.chunk)
     if args.json:
         for row in [*results, queue]:
             print(json.dumps(row))
         return 0
     print(f"{args.records} records (1 model, top_k=5 ImageNet labels, URIs of ~{results[0]['uri_chars']:.0f} chars, "
-          f"record JSON ~{results[0]['json_per_record']:.0f} B), batches of {args.batch}, {redis_version()}")
+          f"record JSON ~{results[0]['json_per_record']:.0f} B), chunks of {args.chunk} in batches of {args.batch}, "
+          f"{redis_version()}")
     print(f"{'store':<34}{'RAM B/rec':>10}{'AOF B/rec':>11}{'RDB B/rec':>11}{'writes/s':>10}")
     for row in results:
-        name = "records in Redis (bodies=True)" if row["bodies"] else "records in SQL (bodies=False)"
+        name = "records in Redis (RedisStore)" if row["bodies"] else "records in SQL/Parquet (job book)"
         print(f"{name:<34}{row['used_memory_per_record']:>10.0f}{row['aof_per_record']:>11.0f}"
               f"{row['rdb_per_record']:>11.0f}{row['writes_per_s']:>10}")
     print(f"{'queued chunks (per object)':<34}{queue['used_memory_per_object']:>10.0f}"

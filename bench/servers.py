@@ -1,187 +1,87 @@
-"""Private servers and worker processes for one bench run, on free ports.
+"""Servers and processes for one bench run: tests/support's helpers with bench's defaults.
 
-Each is started in its own session, so stopping it signals exactly the process
-group the bench started and nothing else. Logs go to ``bench/out/logs``.
+tests/ and bench/ share one set of helpers (tests/support/: :class:`Proc`,
+:func:`wait_until`, :class:`RedisServer`, :class:`MotoServer`, ...); this module
+only adds what a bench run wants: each process's log is ``bench/out/logs/NAME.log``
+(written afresh each run), the repository root is the working directory (so
+``celery -A bench.*`` finds its app), processes start when made and stop as a
+whole process group, and the servers start when made and keep their folders
+out of the way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import OUT
+from tests.support import procs
+from tests.support.moto import MotoServer
+from tests.support.procs import HOST, free_port, group_members, proc_cpu, wait_until
+from tests.support.redis import RedisServer, commandstats
 
-HOST = "127.0.0.1"
+from .common import OUT, ROOT
+
 LOGS = OUT / "logs"
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["HOST", "LOGS", "Moto", "Proc", "Redis", "commandstats", "free_port", "group_members", "proc_cpu",
+           "wait_until"]
 
 
-def wait_until(check: Callable[[], Any], *, timeout: float, what: str, alive: Callable[[], bool] | None = None) -> None:
-    start = time.monotonic()
-    last: BaseException | None = None
-    while time.monotonic() - start < timeout:
-        try:
-            if check():
-                return
-        except Exception as exc:  # noqa: BLE001 - "not ready yet"
-            last = exc
-        if alive is not None and not alive():
-            raise RuntimeError(f"{what} exited while starting (last error: {last!r}); see {LOGS}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s (last error: {last!r}); see {LOGS}")
+def _fresh_log(name: str) -> Path:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = LOGS / f"{name}.log"
+    log.unlink(missing_ok=True)
+    return log
 
 
-class Proc:
-    """A subprocess in its own session; :meth:`stop` signals its group, then kills it after a grace period."""
+class Proc(procs.Proc):
+    """A command started at once in the repo root, logging to ``bench/out/logs/NAME.log``; stops its whole group."""
 
-    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
+    def __init__(self, argv: Sequence[str], name: str, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(argv, log=_fresh_log(name), env=env, cwd=ROOT)
         self.name = name
-        self.log = LOGS / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=True, cwd=str(OUT.parent.parent))
+        self.start()
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the process and its reaped children (Linux /proc)."""
-        return sum(_proc_cpu(pid) for pid in _group(self.pid))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if self.popen.poll() is not None and not _group(self.pid):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.popen.poll()
-            if not _group(self.pid):
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
+    def stop(self, timeout: float = 20.0, *, sig: int = signal.SIGTERM, group: bool = True) -> None:
+        super().stop(timeout, sig=sig, group=group)
 
 
-def _group(pgid: int) -> list[int]:
-    """Live members of a process group (from /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(stat.parent.name))
-    return members
-
-
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
-
-
-class Redis:
-    """A private redis-server: loopback, no persistence."""
+class Redis(RedisServer):
+    """A private redis-server (loopback, no persistence), started when made; its data folder is deleted on stop."""
 
     def __init__(self, name: str = "redis") -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not found: install the redis-server package")
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="labelq-bench-redis-"))
-        argv = [binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir), "--save", "",
-                "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
-        self.proc = Proc(argv, name)
-        wait_until(self.ping, timeout=15, what="redis-server", alive=self.proc.alive)
+        super().__init__(Path(tempfile.mkdtemp(prefix="labelq-bench-redis-")), log=_fresh_log(name))
+        self.start()
 
     @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+    def proc(self) -> procs.Proc:
+        assert self.process is not None
+        return self.process
 
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=30)
-
-    def ping(self) -> bool:
-        with contextlib.closing(self.client()) as c:
-            return bool(c.ping())
+    def client(self, **options: Any) -> Any:
+        return super().client(**{"socket_timeout": 30, **options})
 
     def stop(self) -> None:
-        self.proc.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Redis:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class Moto:
-    """moto's S3 over HTTP in a subprocess of this interpreter."""
+class Moto(MotoServer):
+    """moto's S3 over HTTP, started when made (60 s allowed: a loaded bench machine is slow)."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = Proc([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)], "moto",
-                         env=dict(os.environ))
-        wait_until(self._answers, timeout=60, what="moto server", alive=self.proc.alive)
+    def __init__(self, name: str = "moto") -> None:
+        super().__init__(Path(tempfile.mkdtemp(prefix="labelq-bench-moto-")), log=_fresh_log(name))
+        self.start(timeout=60)
 
     @property
-    def endpoint_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")
+    def proc(self) -> procs.Proc:
+        assert self.process is not None
+        return self.process
 
     def stop(self) -> None:
-        self.proc.stop()
-
-    def __enter__(self) -> Moto:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def commandstats(client: Any) -> dict[str, int]:
-    """``INFO commandstats`` as {command: calls}."""
-    stats = client.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+        super().stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

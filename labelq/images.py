@@ -87,6 +87,31 @@ def decode(data: bytes, limits: Limits, *, draft: Sequence[Geometry] = ()) -> Im
     geometry's resize step needs, which is most of the speed of the fast path.
     Raises TooLarge, NotAnImage, Unsupported, DecompressionBomb or Corrupt.
     """
+    im = open_checked(data, limits)
+    fmt = (im.format or "").upper()
+    width, height = im.size
+    try:
+        if draft and fmt in ("JPEG", "MPO"):
+            _draft(im, draft)
+        im.load()  # first frame only; animations stay on frame 0
+        im = _orient(im)
+        return to_rgb(im)
+    except (TooLarge, DecompressionBomb):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecompressionBomb(str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error()) as exc:
+        raise Corrupt(f"{fmt} data is damaged: {exc}") from None
+    except MemoryError:
+        raise TooLarge(f"{width}x{height} image does not fit in memory") from None
+
+
+def open_checked(data: bytes, limits: Limits) -> Image.Image:
+    """Read only the header and apply every limit: an opened, not yet decoded image.
+
+    What :func:`decode` does before it decodes, so a decoder elsewhere (the GPU's) raises the
+    same errors. Raises TooLarge, NotAnImage, Unsupported, DecompressionBomb or Corrupt.
+    """
     if len(data) > limits.max_bytes:
         raise TooLarge(f"object is {len(data)} bytes, over the limit of {limits.max_bytes} (LABELQ_MAX_BYTES)")
     if not data:
@@ -112,20 +137,7 @@ def decode(data: bytes, limits: Limits, *, draft: Sequence[Geometry] = ()) -> Im
         raise TooLarge(f"{width}x{height} = {pixels} pixels is over the limit of {limits.max_pixels} (LABELQ_MAX_PIXELS)")
     if width < 1 or height < 1:
         raise Corrupt(f"image has no pixels ({width}x{height})")
-    try:
-        if draft and fmt in ("JPEG", "MPO"):
-            _draft(im, draft)
-        im.load()  # first frame only; animations stay on frame 0
-        im = _orient(im)
-        return to_rgb(im)
-    except (TooLarge, DecompressionBomb):
-        raise
-    except Image.DecompressionBombError as exc:
-        raise DecompressionBomb(str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error()) as exc:
-        raise Corrupt(f"{fmt} data is damaged: {exc}") from None
-    except MemoryError:
-        raise TooLarge(f"{width}x{height} image does not fit in memory") from None
+    return im
 
 
 def struct_error() -> type[Exception]:
@@ -239,11 +251,3 @@ def decode_fit(data: bytes, limits: Limits, geometries: Sequence[Geometry], *, f
     """Decode once and fit to each geometry (models sharing a decode)."""
     im = decode(data, limits, draft=geometries if fast else ())
     return [fit(im, g) for g in geometries]
-
-
-def pixel_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean and max absolute difference of two arrays in 0-255 levels."""
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return float(d.mean()), float(d.max())
-
-

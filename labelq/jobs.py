@@ -50,17 +50,17 @@ local job, prefix, ttl, now, n = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], t
 local errors, failed, done = prefix .. ':errors', prefix .. ':failed', prefix .. ':chunks-done'
 local dok, derr, i = 0, 0, 5
 local function kindof(info) return string.match(info, '^([^\\t]*)') end
-local touched = {}
+local touched, open = {}, {}
 for r = 1, n do
   local chunk, pos, fld, code, info = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
-  if redis.call('SISMEMBER', done, chunk) == 0 then
+  if open[chunk] == nil then open[chunk] = redis.call('SISMEMBER', done, chunk) == 0 end
+  if open[chunk] then
     local bits = prefix .. ':chunk:' .. chunk
     touched[bits] = true
     local new = (code == 'o') and 1 or 2
-    local old = redis.call('BITFIELD', bits, 'GET', 'u2', pos * 2)[1]
+    local old = redis.call('BITFIELD', bits, 'SET', 'u2', pos * 2, new)[1]
     if old ~= new then
-      redis.call('BITFIELD', bits, 'SET', 'u2', pos * 2, new)
       if old == 1 then dok = dok - 1 elseif old == 2 then
         derr = derr - 1
         local prev = redis.call('HGET', failed, fld)

@@ -15,6 +15,14 @@ repos, so the real loading code (``AutoModelForImageClassification`` and
 must handle, with the outcome each must produce; :func:`make_photos` writes
 large textured JPEGs for benchmarks. torch, transformers and timm are imported
 inside the functions that need them, so importing this module is cheap.
+
+Why this ships in the package rather than under tests/: the tiny models must stay
+in the on-disk layouts that :mod:`labelq.models` loads, so they change together
+and are type-checked together; tests/ and bench/ both build their models and
+corpora with it; and an installed labelq can make an offline model to smoke-test
+a deployment (``python -c "from labelq.testing import build_vit; build_vit('m')"``)
+without a hub or a checkout. It is a leaf: nothing in labelq imports it (a
+``lint-imports`` contract in pyproject.toml), so it never becomes part of a run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: set up, make sure the server binaries the test
-# fixtures start (redis-server, postgres, rabbitmq-server) exist, then run pytest.
+# fixtures start (redis-server, postgres, rabbitmq-server; chromium for the console tests) exist, then run pytest.
 # The fixtures start their own servers on free ports and stop them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
+command -v chromium >/dev/null || need+=(chromium)  # the console's browser tests (Playwright drives it)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} from the OS packages"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; else sudo apt-get update -qq && sudo apt-get install -y -qq "${need[@]}"; fi
@@ -16,4 +17,5 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 . .venv/bin/activate
 ruff check labelq tests bench
+lint-imports  # the layer contracts of pyproject.toml [tool.importlinter] (docs/design.md, "House and layers")
 python -m pytest "$@"

@@ -1,6 +1,6 @@
 """Shared fixtures: private servers on free ports, tiny random models, an image corpus.
 
-Servers (see tests/servers.py for how each is started and what it falls back to):
+Servers (see tests/support/ for how each is started and what it falls back to):
 ``redis_server`` / ``redis_url`` / ``redis_client`` / ``redis_factory``,
 ``s3_server`` / ``s3_client`` / ``s3_bucket``, ``postgres_server`` / ``postgres_url``,
 ``rabbitmq_server`` / ``amqp_url``. Models and data: ``tiny_vit``, ``tiny_timm``,
@@ -28,7 +28,11 @@ from typing import Any
 import pytest
 
 from labelq.testing import Corpus, build_timm, build_vit, make_corpus
-from tests.servers import MissingBinary, MotoServer, PostgresServer, RabbitServer, RedisServer
+from tests.support.moto import MotoServer
+from tests.support.postgres import PostgresServer
+from tests.support.procs import MissingBinary
+from tests.support.rabbit import RabbitServer
+from tests.support.redis import RedisServer
 
 logger = logging.getLogger(__name__)
 

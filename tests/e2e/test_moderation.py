@@ -42,10 +42,10 @@ from PIL import Image
 from labelq import keys
 from labelq.config import Settings
 from labelq.engine import Engine
-from labelq.jobs import JobBook, parse_body
+from labelq.jobs import JobBook
 from labelq.models import load_classifier
-from labelq.policy import Action, iter_audit
-from labelq.records import Record
+from labelq.moderation import Action, iter_audit
+from labelq.records import Record, decode_body
 from labelq.storage import ObjectRef, Stores, file_uri, s3_uri
 from labelq.testing import texture
 from tests.e2e.conftest import RedisDB
@@ -196,7 +196,7 @@ class Stack:
 
     def record(self, uri: str) -> Record | None:
         raw = self.redis.hget(keys.records(self.model), uri)
-        return parse_body(raw) if raw is not None else None
+        return decode_body(raw) if raw is not None else None
 
     def raw_record(self, uri: str) -> bytes | None:
         return self.redis.hget(keys.records(self.model), uri)
@@ -403,7 +403,7 @@ def test_duplicate_events_are_harmless(stack: Stack, s3_bucket: str) -> None:
     assert stack.tasks_for(uri) == 1
     info = stack.job(job)
     assert (info.listed, info.enqueued, info.ok, info.error) == (1, 1, 1, 0)
-    assert stack.redis.hlen(keys.job_items(job)) == 1
+    assert stack.redis.hlen(keys.job_records(job, stack.model)) == 1  # one record of the object in the job
     assert sorted(a.action for a in stack.audit(uri)) == sorted(ACTIONS)
     assert len(stack.notified(uri)) == 1
     assert stack.keys_in(s3_bucket) == {f"quarantine/{key}"}

@@ -1,4 +1,4 @@
-"""policy.py: parsing and validating a policy file, and which rules a record fires."""
+"""labelq.moderation: parsing and validating a policy file, and which rules a record fires."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from labelq.errors import UsageError
-from labelq.policy import ACTIONS, Action, Policy, Rule, load_policy, post_json
+from labelq.moderation import ACTIONS, Action, Policy, Rule, load_policy, post_json
 from labelq.records import Record
 
 MODEL = "Falconsai/nsfw_image_detection"
@@ -206,7 +206,7 @@ def test_an_action_serialises_every_audit_field() -> None:
     a = Action("s3://b/k.jpg", MODEL, "nsfw", 0.9, "v1", "tag", "ok", "tagged", job="live")
     data = json.loads(a.to_json())
     assert set(data) == {"uri", "model", "label", "score", "policy_version", "action", "result", "detail", "time",
-                         "job", "etag", "labelled_at"}
+                         "job", "etag", "labelled_at", "reviewer", "human_label"}
     assert data["time"].endswith("Z")
 
 

@@ -1,0 +1,28 @@
+"""Background moderation: a versioned TOML policy applied to records as they are written.
+
+* :mod:`.rules` — the policy file, parsed and validated; which rules a record fires
+* :mod:`.moderator` — :class:`Moderator`: plan, act once per object, audit; ``keep`` for the writer
+* :mod:`.actions` — tag, copy, move on S3 and in the local root (never through a link)
+* :mod:`.notify` — Redis stream and webhook (retried with backoff)
+* :mod:`.audit` — the audit trail: append, read back, export
+"""
+
+from __future__ import annotations
+
+from .audit import AUDIT_FIELDS, Action, iter_audit, write_audit
+from .moderator import Moderator
+from .notify import post_json
+from .rules import ACTIONS, Policy, Rule, load_policy
+
+__all__ = [
+    "ACTIONS",
+    "AUDIT_FIELDS",
+    "Action",
+    "Moderator",
+    "Policy",
+    "Rule",
+    "iter_audit",
+    "load_policy",
+    "post_json",
+    "write_audit",
+]

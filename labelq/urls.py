@@ -1,0 +1,159 @@
+"""Service URLs in settings: redacted for logs, and checked so a malformed one is one clear settings error.
+
+Redis URLs are accepted as redis-py accepts them (``redis://``, ``rediss://``,
+``unix://``; a password in the userinfo or as ``?password=``). The Celery broker
+goes through kombu, which fails on ``?password=``/``?username=``: :func:`check_broker_url`
+moves them into the userinfo part (percent-encoded), so both forms work everywhere.
+A password holding ``/``, ``?``, ``#``, ``[`` or ``]`` must be percent-encoded in the
+userinfo part: unencoded, no parser can tell where it ends, so it is refused with a
+message that never repeats it. ``@`` and ``:`` parse either way (the last ``@`` ends
+the userinfo, the first ``:`` starts the password).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, urlsplit
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+# query parameters whose value is hidden by redact(): passwords, tokens, keys, signatures (SQS/S3 presigned URLs)
+SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session|cookie", re.IGNORECASE)
+ENCODE_HINT = (
+    "percent-encode it in the userinfo part, e.g. redis://:PASSWORD@host:6379/0 with / as %2F, ? as %3F, # as %23, "
+    "[ as %5B, ] as %5D, % as %25 (Python: urllib.parse.quote(password, safe=''))"
+)
+
+
+def redact(url: str | None) -> str:
+    """A URL with its password (userinfo) and secret-looking query values replaced by ``***``, for logs and output.
+
+    A URL whose userinfo holds an unencoded ``/``, ``?`` or ``#`` is ambiguous: everything up to its last
+    ``@`` is hidden.
+    """
+    if not url or "://" not in url:
+        return url or ""
+    scheme, rest = url.split("://", 1)
+    parts = _parse(url)
+    if parts is None or "@" in parts.path + parts.query + parts.fragment:
+        if "@" not in rest:
+            return f"{scheme}://{_redact_query(rest)}"
+        return f"{scheme}://***@{_redact_query(rest.rsplit('@', 1)[1])}"
+    netloc, tail = parts.netloc, rest[len(parts.netloc):]
+    if "@" in netloc:
+        userinfo, hostport = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user + ':' if user else ''}***@{hostport}"
+    return f"{scheme}://{netloc}{_redact_query(tail)}"
+
+
+def _parse(url: str) -> SplitResult | None:
+    """urlsplit, or None where it (or its port) does not parse."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    return parts
+
+
+def _redact_query(tail: str) -> str:
+    head, sep, query = tail.partition("?")
+    if not sep:
+        return tail
+    query, hash_, fragment = query.partition("#")
+    pieces = []
+    for piece in query.split("&"):
+        name, eq, value = piece.partition("=")
+        pieces.append(f"{name}=***" if eq and value and SECRET_PARAM.search(unquote_plus(name)) else piece)
+    return f"{head}?{'&'.join(pieces)}{hash_}{fragment}"
+
+
+def _split(url: str) -> SplitResult:
+    """The URL's parts; ValueError (never quoting the URL) where its userinfo or port is malformed."""
+    if "://" not in url:
+        raise ValueError("is not a URL: it must look like scheme://host")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ or ] in the host part
+        raise ValueError(f"cannot be parsed: if a password holds [ or ], {ENCODE_HINT}") from None
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"the password (or user name) holds an unencoded /, ? or #: {ENCODE_HINT}")
+    try:
+        parts.port  # noqa: B018
+    except ValueError:
+        raise ValueError("the port after the host must be a number between 0 and 65535") from None
+    return parts
+
+
+def check_redis_url(url: str) -> str:
+    """A Redis URL as redis-py accepts it, unchanged; ValueError says what is wrong without echoing secrets."""
+    from redis.connection import parse_url
+
+    parts = _split(url)
+    scheme = parts.scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://, not {scheme}://")
+    query = _query(parts)
+    _given_once(parts, query)
+    if scheme != "unix" and "db" not in query:
+        db = unquote(parts.path).replace("/", "")
+        if db and not db.isdigit():
+            raise ValueError("the database after the host must be a number, e.g. redis://host:6379/0")
+    try:
+        parse_url(url)
+    except (ValueError, TypeError) as exc:  # redis-py's messages name the parameter, never its value
+        raise ValueError(f"redis-py does not accept it: {exc}") from None
+    return url
+
+
+def check_broker_url(url: str) -> str:
+    """A broker URL kombu can use: ``?password=``/``?username=`` (and a Redis ``?db=``) moved into the URL proper."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        return url
+    if scheme in ("redis", "rediss"):
+        check_redis_url(url)
+    parts = _split(url)
+    query = _query(parts)
+    _given_once(parts, query)
+    moved = {"password", "username"} | ({"db"} if scheme in ("redis", "rediss") else set())
+    if not moved & set(query):
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if "username" in query:
+        user = quote(query["username"], safe="")
+    if "password" in query:
+        password, colon = quote(query["password"], safe=""), ":"
+    netloc = f"{user}{colon}{password}@{hostport}" if user or colon else hostport
+    path = f"/{query['db']}" if "db" in query and scheme in ("redis", "rediss") else parts.path
+    kept = [p for p in parts.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in moved]
+    return SplitResult(parts.scheme, netloc, path, "&".join(kept), parts.fragment).geturl()
+
+
+def _given_once(parts: SplitResult, query: dict[str, str]) -> None:
+    if parts.password is not None and "password" in query:
+        raise ValueError("the password is given twice (in the userinfo part and as ?password=): keep one")
+    if parts.username and "username" in query:
+        raise ValueError("the user name is given twice (in the userinfo part and as ?username=): keep one")
+
+
+def _query(parts: SplitResult) -> dict[str, str]:
+    """Query parameters as redis-py reads them: the first value of each, decoded twice (parse_qs, then unquote)."""
+    out: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        out.setdefault(name, unquote(value))
+    return out
+
+
+def check_endpoint_url(url: str) -> str:
+    """An S3/SQS endpoint: http:// or https:// with a host; ValueError says what to set."""
+    if "://" not in url:
+        raise ValueError(f"must be an http:// or https:// URL with a host, e.g. http://localhost:9000, not {redact(url)!r}")
+    try:
+        parts = _split(url)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (an endpoint looks like http://localhost:9000)") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, e.g. http://localhost:9000, not {redact(url)!r}")
+    return url
