@@ -12,8 +12,16 @@ Commands (``python -m bench --help``):
   ``docs/bench.png``.
 * ``python -m bench scale``: N = 1, 4, 16, 32 Celery workers against one Redis with
   a SIMULATED model (fixed sleep per batch): efficiency and Redis round trips per image.
+* ``python -m bench sinks``: records/s into PostgreSQL (COPY vs multi-row INSERT) and Parquet
+  (local folder, moto S3) from N concurrent writer processes, and the skip check's rate.
 * ``python -m bench gpu``: ViT-B/16 and MobileNetV3-small end to end vs the bare
   model in bf16 on a CUDA device; skips cleanly without one.
+* ``python -m bench ray``: Ray Data batch inference (the peer) vs ``labelq run``, whole
+  process and after start-up, wall and CPU per image (needs the ``bench`` extra; also
+  step ``ray`` of the full run).
+* ``python -m bench decode``: per-core decode scaling, threads vs decode processes.
+* ``python -m bench s3``: object clients (boto3 as labelq sets it up, obstore) against
+  moto over HTTP: GETs/s and CPU per GET.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ PLANS: dict[tuple[str, bool], dict[str, Any]] = {
     ("vit", True): {"counts": {"640x480": 8, "1920x1080": 16, "4000x3000": 4}, "batches": {8: (16, 8)}, "naive": 8,
                     "short": True},
 }
-STEPS = ("fidelity", "sizes", "batches", "naive", "distributed", "levers")
+STEPS = ("fidelity", "sizes", "batches", "naive", "distributed", "ray", "levers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +72,33 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--no-proposals", action="store_true",
                     help="skip the extra rows at the largest N (the other chunk size of 64/256; prototype: one write "
                          "per chunk)")
+    rp = sub.add_parser("ray", help="Ray Data batch inference vs labelq run: wall and CPU per image (needs the bench "
+                                    "extra)")
+    rp.add_argument("--model", choices=("mobilenetv3", "vit"), default="mobilenetv3")
+    rp.add_argument("--size", default="1920x1080", help="640x480, 1920x1080 or 4000x3000")
+    rp.add_argument("--images", type=int, default=256)
+    rp.add_argument("--batch", type=int, default=32)
+    rp.add_argument("--actors", default="1,2", help="Ray predictor actors to try (its best is compared)")
+    rp.add_argument("--variants", default="docs,labelq", help="docs: Ray's own recipe; labelq: Ray with labelq's decode")
+    dp = sub.add_parser("decode", help="per-core decode scaling: threads vs processes (labelq.feed), 1080p")
+    dp.add_argument("--images", type=int, default=128)
+    dp.add_argument("--workers", default="1,2", help="decode threads / processes to try")
+    dp.add_argument("--repeat", type=int, default=3)
+    op = sub.add_parser("s3", help="object clients against moto over HTTP: GETs/s and CPU per GET")
+    op.add_argument("--images", type=int, default=64)
+    op.add_argument("--repeat", type=int, default=3)
     gp = sub.add_parser("gpu", help="ViT-B and MobileNetV3 end to end vs bare model, bf16, on CUDA")
     gp.add_argument("--quick", action="store_true")
     gp.add_argument("--repeat", type=int, default=2)
     gp.add_argument("--images", type=int, default=None, help="1080p JPEGs (default 1024, quick 64)")
     gp.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA (to test the script)")
+    sk = sub.add_parser("sinks", help="records/s into PostgreSQL and Parquet from N writers")
+    sk.add_argument("--workers", default="1,2,4,8", help="writer process counts")
+    sk.add_argument("--per-worker", type=int, default=20_000, help="records each writer writes per run")
+    sk.add_argument("--quick", action="store_true", help="N = 1, 2 and 4 000 records per writer")
+    from . import listing as listing_bench
+
+    listing_bench.add_parser(sub)
     args = parser.parse_args(argv)
     offline_env()
     if getattr(args, "no_wait", False):
@@ -77,6 +107,22 @@ def main(argv: list[str] | None = None) -> int:
         return _scale(args)
     if args.command == "gpu":
         return _gpu(args)
+    if args.command == "sinks":
+        from . import sinks
+
+        ns = [1, 2] if args.quick else [int(n) for n in args.workers.split(",")]
+        res = sinks.run(workers=ns, per_worker=4_000 if args.quick else args.per_worker, quick=args.quick)
+        print(sinks.table(res))
+        print(f"wrote {OUT / 'sinks.json'}")
+        return 0
+    if args.command == "listing":
+        return listing_bench.run(args)
+    if args.command == "ray":
+        return _ray(args)
+    if args.command == "decode":
+        return _decode(args)
+    if args.command == "s3":
+        return _s3(args)
     return _all(args)
 
 
@@ -123,6 +169,44 @@ def _gpu(args: argparse.Namespace) -> int:
         return 0
     write_json(OUT / "gpu.json", res)
     print(f"wrote {OUT / 'gpu.json'}")
+    return 0
+
+
+def _ray(args: argparse.Namespace) -> int:
+    from . import data, raydata
+
+    res = raydata.run(data.model(args.model), data.photos(args.size, args.images), batch=args.batch,
+                      actors=tuple(int(a) for a in args.actors.split(",")),
+                      variants=tuple(v.strip() for v in args.variants.split(",")))
+    res.update({"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:]), "size": args.size,
+                "model": args.model})
+    print(raydata.table(res))
+    if "skipped" not in res:
+        write_json(OUT / f"ray-{args.model}.json", res)
+        print(f"wrote {OUT / f'ray-{args.model}.json'}")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from . import data, decodescale
+
+    res = decodescale.run(data.model("mobilenetv3"), data.files(data.photos("1920x1080", args.images)),
+                          [int(w) for w in args.workers.split(",")], repeat=args.repeat)
+    res.update({"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:])})
+    print(decodescale.table(res))
+    write_json(OUT / "decode-scaling.json", res)
+    print(f"wrote {OUT / 'decode-scaling.json'}")
+    return 0
+
+
+def _s3(args: argparse.Namespace) -> int:
+    from . import data, objclient
+
+    res = objclient.run(data.files(data.photos("1920x1080", args.images)), repeat=args.repeat)
+    res.update({"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:])})
+    print(objclient.table(res))
+    write_json(OUT / "s3-clients.json", res)
+    print(f"wrote {OUT / 's3-clients.json'}")
     return 0
 
 
@@ -258,6 +342,11 @@ def _all(args: argparse.Namespace) -> int:
         m["distributed_job"] = res["distributed"]["defaults"]["job"]
         m["distributed_wall"] = res["distributed"]["defaults"]["wall"]
 
+    if "ray" not in skip:
+        from . import raydata
+
+        res["ray"] = raydata.run(model, folders[main_size], batch=batch, actors=(1,) if args.quick else (1, 2))
+
     if "levers" not in skip:
         log(f"levers (steady-state engine on {main_size}, one setting toggled at a time):")
         res["levers"] = levers.run(args.model, model, folders[main_size], repeat=repeat, quick=args.quick or short,
@@ -276,6 +365,12 @@ def _all(args: argparse.Namespace) -> int:
         print()
     if "batches" not in skip:
         print(report.by_batch_table(res))
+        print()
+    if res.get("ray"):
+        from . import raydata
+
+        print("Ray Data (issue 14):")
+        print(raydata.table(res["ray"]))
         print()
     if res["targets"]:
         print("targets (issue 5):")

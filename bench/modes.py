@@ -219,7 +219,7 @@ def labelq_run(model: Path, folder: Path, *, repeat: int, name: str = "labelq ru
     return m
 
 
-_SUMMARY = re.compile(r"labelled (\d+) images .*? in ([\d.]+)s: ([\d.]+) images/s")
+_SUMMARY = re.compile(r"labelled (\d+) images\b.*? in ([\d.]+)s: ([\d.]+) images/s")
 
 
 def labelq_cli(model: Path, folder: Path, *, repeat: int, batch: int, env: dict[str, str] | None = None,
@@ -233,7 +233,7 @@ def labelq_cli(model: Path, folder: Path, *, repeat: int, batch: int, env: dict[
     foreign: list[float] = []
     wall: list[float] = []
     images = 0
-    full_env = dict(os.environ, **(env or {}))
+    full_env = dict(os.environ, COLUMNS="300", **(env or {}))  # rich wraps the summary line at 80 columns
     while len(runs) < repeat or (len(runs) < 2 * repeat + 1 and foreign[runs.index(min(runs))] > QUIET["threshold"]):
         settle()
         with tempfile.TemporaryDirectory(prefix="labelq-bench-") as tmp:

@@ -1,12 +1,36 @@
 """labelq: label stored images with image classifiers, in bulk and in the background.
 
-The public API is small; importing the package does nothing else.
+The public API is small; importing the package does nothing else (its names are imported on first
+use, so ``labelq --help`` and other commands that need no settings stay fast).
 """
 
-from .config import Settings, load_settings
-from .errors import ERROR_KINDS, LabelqError
-from .records import Record
-from .storage import ObjectRef
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Settings, load_settings
+    from .errors import ERROR_KINDS, LabelqError
+    from .records import Record
+    from .storage import ObjectRef
 
 __all__ = ["ERROR_KINDS", "LabelqError", "ObjectRef", "Record", "Settings", "load_settings"]
 __version__ = "0.1.0"
+
+_HOME = {
+    "Settings": "config",
+    "load_settings": "config",
+    "ERROR_KINDS": "errors",
+    "LabelqError": "errors",
+    "Record": "records",
+    "ObjectRef": "storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

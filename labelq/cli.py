@@ -271,10 +271,9 @@ def enqueue(
     setup_logging(settings, quiet=not background)
     services = open_services(settings)
     if not background:
-        from . import models as model_stack
+        from .models import check_model
 
-        check_model = getattr(model_stack, "check_model", None)
-        for name in settings.models if check_model is not None else ():  # before anything is published
+        for name in settings.models:  # before anything is published
             check_model(name)
     job = job or _new_job_id()
     try:

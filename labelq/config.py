@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import UsageError
+from .urls import REDIS_SCHEMES, check_broker_url, check_endpoint_url, check_redis_url
+from .urls import redact as redact  # re-exported: labelq.config.redact is used across the package
 
 DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
 DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp")
@@ -36,13 +38,15 @@ class Settings(BaseSettings):
     """One typed settings object; see docs/configuration in the README."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LABELQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+        env_prefix="LABELQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True,
+        hide_input_in_errors=True,  # a rejected URL may hold a password: never print it in a ValidationError
     )
 
     # --- services
     broker_url: str = Field("redis://localhost:6379/0", description="Celery broker (redis://, rediss://, amqp://)")
     results_url: str | None = Field(
-        None, description="Result store for distributed jobs: redis://, postgresql://, sqlite://; default: the broker's Redis"
+        None, description="Result store for distributed jobs: redis://, postgresql://, sqlite://, parquet:///abs/folder, "
+        "parquet+s3://bucket/prefix; default: the broker's Redis"
     )
     redis_url: str | None = Field(
         None, description="Redis for job state; default: results_url or broker_url when they are Redis"
@@ -62,6 +66,10 @@ class Settings(BaseSettings):
     # --- pipeline
     fetch_threads: int = Field(16, ge=1, le=512, description="concurrent object fetches")
     decode_threads: int = Field(0, ge=0, le=512, description="decode threads; 0 = number of CPU cores")
+    decode_processes: int = Field(
+        0, ge=0, le=512, description="decode in this many processes, pixels back via shared memory (GPU hosts: ~cores); 0 = threads"
+    )
+    gpu_decode: bool = Field(False, description="decode JPEGs on the CUDA device (nvJPEG); other formats and failures: CPU")
     torch_threads: int = Field(
         0, ge=0, le=512, description="intra-op threads of a model on the CPU; 0 = half the cores (decode needs the rest)"
     )
@@ -81,11 +89,24 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = Field(5.0, gt=0, description="seconds")
     s3_read_timeout: float = Field(30.0, gt=0, description="seconds")
     local_root: Path | None = Field(None, description="folder a worker may read file:// URIs from; unset refuses them")
+    list_workers: int = Field(
+        8, ge=1, le=256, description="concurrent ListObjectsV2 streams of a bucket listing (prefix fan-out); 1 = one stream"
+    )
 
     # --- distributed
     chunk_size: int = Field(256, ge=1, le=100_000, description="object refs per Celery task (256: <= 0.1 Redis round trips per image)")
     visibility_timeout: int = Field(3600, ge=10, description="seconds before an unacknowledged chunk is redelivered (Redis broker)")
     queue: str = Field("labelq", description="Celery queue of bulk chunks")
+    max_queued_chunks: int = Field(
+        100, ge=0, description="chunks waiting in the broker, all jobs together; producers pause past it (0 = no bound)"
+    )
+    chunk_attempts: int = Field(
+        5, ge=1, le=100, description="attempts of a chunk that fails as a whole (model load, store down) before it is dead-lettered"
+    )
+    chunk_retry_delay: float = Field(2.0, ge=0, description="seconds before a failed chunk's 2nd attempt; doubles each attempt (cap 5 min)")
+    stall_timeout: float = Field(
+        300.0, gt=0, description="seconds `--wait` waits with no chunk started or record written before it gives up"
+    )
     # --- background moderation
     live_queue: str = Field("labelq.live", description="Celery queue of single new uploads (dynamic batching)")
     max_batch_size: int = Field(16, ge=1, le=1024, description="live: flush a batch at this many images")
@@ -96,6 +117,25 @@ class Settings(BaseSettings):
     sqs_endpoint_url: str | None = Field(None, description="SQS endpoint (moto, LocalStack); default AWS")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="a worker's Prometheus endpoint")
     log_level: str = "INFO"
+    # --- console (`labelq console`; docs/console.md)
+    console_host: str = Field("127.0.0.1", description="address the console listens on")
+    console_port: int = Field(8080, ge=1, le=65535, description="console HTTP port")
+    console_users: str | None = Field(None, repr=False, description="who may sign in: name:password,name:password")
+    console_token: str | None = Field(None, repr=False, description="bearer token (also the password of user 'token')")
+    console_viewers: Annotated[list[str], NoDecode] = Field(default_factory=list, description="users who may only look")
+    console_read_only: bool = Field(False, description="nobody may change anything through the console")
+    console_auth_header: str | None = Field(None, description="header an SSO proxy sets to the user's name (trusted)")
+    console_secret: str | None = Field(None, repr=False, description="signs sessions and thumbnail URLs; default random")
+    console_secure_cookies: bool = Field(False, description="session cookie only over HTTPS (set behind TLS)")
+    console_thumb_px: int = Field(256, ge=32, le=1024, description="longest side of a thumbnail, pixels")
+    console_thumb_dir: Path | None = Field(None, description="thumbnail cache folder; default a temporary one")
+    console_thumb_cache_mb: int = Field(256, ge=1, description="thumbnail cache size, megabytes")
+
+    @field_validator("console_viewers", mode="before")
+    @classmethod
+    def _console_viewers(cls, value: Any) -> Any:
+        return _split_list(value)
+
 
     @field_validator("models", "suffixes", "formats", mode="before")
     @classmethod
@@ -124,8 +164,22 @@ class Settings(BaseSettings):
     @classmethod
     def _broker(cls, value: str) -> str:
         if value.split("://", 1)[0] not in ("redis", "rediss", "amqp", "amqps", "pyamqp", "memory"):
-            raise ValueError(f"broker_url must start with redis://, rediss:// or amqp://, not {value.split('://')[0]!r}://")
+            got = value.split("://", 1)[0] + "://" if "://" in value else "a URL without a scheme"
+            raise ValueError(f"use redis://, rediss:// or amqp://, not {got}")
+        return check_broker_url(value)
+
+    @field_validator("redis_url", "results_url")
+    @classmethod
+    def _redis_urls(cls, value: str | None) -> str | None:
+        """Redis URLs as redis-py accepts them (SQL URLs are SQLAlchemy's to check)."""
+        if value and value.split("://", 1)[0].lower() in REDIS_SCHEMES:
+            return check_redis_url(value)
         return value
+
+    @field_validator("s3_endpoint_url", "sqs_endpoint_url")
+    @classmethod
+    def _endpoints(cls, value: str | None) -> str | None:
+        return check_endpoint_url(value) if value else value
 
     @field_validator("models")
     @classmethod
@@ -176,15 +230,6 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            problems.append(f"LABELQ_{field.upper()}: {err['msg']}")
+            problems.append(f"LABELQ_{field.upper()}: {err['msg'].removeprefix('Value error, ')}")
         raise UsageError("invalid settings: " + "; ".join(problems)) from None
 
-
-def redact(url: str | None) -> str:
-    """A URL with its password replaced by ``***``, for logs and status output."""
-    if not url or "@" not in url or "://" not in url:
-        return url or ""
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"

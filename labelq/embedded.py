@@ -1,51 +1,111 @@
-"""`labelq run`: the engine in one process, writing to the SQL result table."""
+"""`labelq run`: the engine in one process, writing to the SQL result table (and a file).
+
+The order is the user's, not the machine's: everything that can be wrong with what was asked (the
+source, the output file, the result table, the model names) is checked first, in a second or two;
+the source is listed (or, for S3, its first object peeked) before any model is loaded; only then
+does torch load. Every object of the source ends in ``--out``: labelled now, or its stored record
+when it was already done, so a rerun never shrinks the file, and an interrupted run followed by a
+rerun leaves one file that holds everything.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from itertools import chain
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .engine import Engine
-from .models import load_classifier
-from .records import RecordWriter, format_for
-from .results import SQLStore, skip_done
-from .storage import Stores, iter_source, parse_source
+from .errors import UsageError
+from .records import Record, RecordWriter, format_for
+from .sources import Source, iter_source, parse_source
+from .storage import ObjectRef, Stores
 
 logger = logging.getLogger(__name__)
+
+COUNTED_KINDS = ("folder", "manifest", "inventory", "object")  # listing twice is cheap: a bar with a total
+SKIP_CHUNK = 500  # refs per "already done?" query
 
 
 @dataclass
 class Summary:
-    images: int = 0
-    records: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
+    job: str = ""
+    images: int = 0  # processed in this run: labelled + failed
+    labelled: int = 0  # every model's record ok
+    failed: int = 0  # at least one error record
+    records: int = 0  # written in this run
+    skipped: int = 0  # already done: their stored records were kept (and written to --out)
+    seconds: float = 0.0  # after the models were loaded
     labels: dict[str, Counter[str]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     out_file: Path | None = None
+    out_records: int = 0
+    interrupted: bool = False
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-class _Counting:
-    """Counts what the skip filter lets through vs what the listing produced."""
+def default_job(source: Source) -> str:
+    """A stable job name for a source: its last path part and a short hash of where it is.
 
-    def __init__(self, it: Any) -> None:
-        self.it = it
-        self.n = 0
+    The same source gets the same name on every run, so `labelq export NAME` finds all its records.
+    """
+    base = source.location.rstrip("/").rsplit("/", 1)[-1]
+    if source.kind in ("manifest", "inventory", "object"):
+        base = base.rsplit(".", 1)[0] or base
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")[:40] or "run"
+    return f"{slug}-{hashlib.blake2s(source.location.encode(), digest_size=3).hexdigest()}"
 
-    def __iter__(self) -> Any:
-        for x in self.it:
-            self.n += 1
-            yield x
+
+def prepare_output(path: Path, fmt: str | None = None) -> str:
+    """Check an output file can be written before any work is done; returns its format.
+
+    Missing parent folders are created (as ``mkdir -p``); anything else is one UsageError line.
+    """
+    kind = format_for(path, fmt)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: give a file name, such as {path / ('labels.' + kind)}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"cannot write {path}: {_existing_file(parent)} is a file, not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder {parent} for {path}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: the folder {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write {path}: the file is not writable")
+    return kind
+
+
+def _existing_file(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return path
+
+
+def local_root_for(source: Source, settings: Settings) -> Path | None:
+    """Where this run may read local files from.
+
+    The user named them: a folder's files, a single image, and every path or file:// URI a manifest
+    lists (wherever it is). Workers keep LABELQ_LOCAL_ROOT; this is the embedded run only.
+    """
+    if source.kind == "manifest":
+        return Path(os.path.abspath(os.sep))
+    if source.root is not None:
+        return source.root
+    return settings.local_root
 
 
 def run_embedded(
@@ -58,61 +118,203 @@ def run_embedded(
     progress: bool = True,
     console: Any = None,
 ) -> Summary:
-    """Label a source in-process; returns what happened."""
-    source = parse_source(source_text)
-    fmt = format_for(out_file) if out_file else None
+    """Label a source in-process; returns what happened (``interrupted`` after Ctrl-C)."""
+    from .models import check_model
+    from .results.sql import SQLStore
+
+    source = parse_source(source_text, suffixes=settings.suffixes)
+    fmt = prepare_output(out_file) if out_file is not None else None
+    job = job or default_job(source)
+    stores = Stores(settings, local_root=local_root_for(source, settings))
+    # List before loading anything heavy: a missing or empty source is an error in a second.
+    listing, total = _open_listing(source, stores)
+    for name in settings.models:
+        check_model(name)  # every model name, before the first (slow) load
     store = SQLStore(settings.db_url)
-    stores = Stores(settings, local_root=source.root if source.kind != "s3" else settings.local_root)
-    # Take the first object before loading models: unreachable storage fails in a second, not after the load.
-    listing = iter_source(source, stores)
-    first = next(listing, None)
+    summary = Summary(job=job, out_file=out_file)
+    try:
+        return _label(listing, total, store, settings, summary, fmt=fmt, force=force, progress=progress,
+                      console=console, stores=stores)
+    finally:
+        store.close()
+
+
+def _open_listing(source: Source, stores: Stores) -> tuple[_Listed, int | None]:
+    """The source's listing (counted) and its total when counting is cheap; UsageError when empty."""
+    total: int | None = None
+    if source.kind in COUNTED_KINDS:
+        total = sum(1 for _ in iter_source(source, stores))
+        listing: Iterator[ObjectRef] = iter_source(source, stores)
+    else:
+        listing = iter_source(source, stores)
+        first = next(listing, None)
+        listing = chain([first], listing) if first is not None else iter(())
+        total = None if first is not None else 0
+    if total == 0:
+        raise UsageError(f"no images in {source} (kept suffixes: {', '.join(stores.settings.suffixes)}; "
+                         "LABELQ_SUFFIXES changes them)")
+    return _Listed(listing, total), total
+
+
+class _Listed:
+    """A listing that counts what it yielded, when it ended and how fast it went."""
+
+    def __init__(self, it: Iterator[ObjectRef], total: int | None) -> None:
+        self.it = it
+        self.n = 0
+        self.finished = total is not None
+        self.start = time.perf_counter()
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        for ref in self.it:
+            self.n += 1
+            yield ref
+        self.finished = True
+
+    @property
+    def rate(self) -> float:
+        return self.n / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, summary: Summary, *,
+           fmt: str | None, force: bool, progress: bool, console: Any, stores: Stores) -> Summary:
+    from .engine import Engine
+    from .models import load_classifier
+
     classifiers = [load_classifier(name, settings) for name in settings.models]
     names = [c.name for c in classifiers]
-    listed = _Counting(chain([first], listing) if first is not None else iter(()))
-    refs = listed if force else skip_done(listed, store, names)
-    summary = Summary(out_file=out_file)
-    writer = RecordWriter(out_file, fmt) if out_file and fmt else None
-    bar = _progress(console) if progress else None
-    task = bar.add_task("labelling", total=None, errors=0, rate="") if bar else None
+    revisions = {c.name: getattr(c, "revision", None) for c in classifiers}
+    out = OutFile(summary.out_file, fmt) if summary.out_file is not None and fmt else None
+    bar = _Bar(console, total, listing) if progress else None
+    job = summary.job
+
+    def keep(done: Sequence[Record]) -> None:
+        """Objects already done: their records stay (re-filed under this job) and go to --out."""
+        mine = [rec if rec.job == job else replace(rec, job=job) for rec in done]
+        moved = [rec for rec, old in zip(mine, done, strict=True) if rec is not old]
+        if moved:
+            store.write(moved)
+        if out is not None:
+            out.write(mine)
+        summary.skipped += len({rec.uri for rec in done})
+        if bar is not None:
+            bar.advance(summary)
+
+    refs: Iterable[ObjectRef] = listing if force else _skip_done(listing, store, names, revisions, keep)
     start = time.perf_counter()
+    commit = False  # an --out that is complete, or interrupted (all so far), replaces the old file
     try:
         with Engine(classifiers, stores, settings, worker="embedded") as engine:
-            if bar:
+            if bar is not None:
                 bar.start()
             for records in engine.run(refs, job=job):
                 store.write(records)
-                if writer:
-                    writer.write(records)
-                if bar:
-                    rate = engine.stats.images / max(time.perf_counter() - start, 1e-9)
-                    bar.update(task, completed=engine.stats.images, rate=f"{rate:.1f} img/s",
-                               errors=sum(engine.stats.errors.values()) // len(classifiers))
+                if out is not None:
+                    out.write(records)
+                failed = {rec.uri for rec in records if not rec.ok}
+                uris = {rec.uri for rec in records}
+                summary.failed += len(failed)
+                summary.labelled += len(uris - failed)
+                if bar is not None:
+                    bar.advance(summary)
+            summary.records = engine.stats.records
+            summary.labels = engine.stats.labels
+            summary.errors = engine.stats.errors
+        commit = True
+    except KeyboardInterrupt:
+        summary.interrupted = commit = True
     finally:
-        if bar:
+        if bar is not None:
             bar.stop()
-        if writer:
-            writer.close()
-        store.close()
+        if out is not None:
+            summary.out_records = out.close(commit=commit)
     summary.seconds = time.perf_counter() - start
-    summary.images = engine.stats.images
-    summary.records = engine.stats.records
-    summary.labels = engine.stats.labels
-    summary.errors = engine.stats.errors
-    summary.skipped = listed.n - summary.images
+    summary.images = summary.labelled + summary.failed
     return summary
 
 
-def _progress(console: Any) -> Any:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def _skip_done(refs: Iterable[ObjectRef], store: Any, models: Sequence[str], revisions: dict[str, Any],
+               keep: Any) -> Iterator[ObjectRef]:
+    """Refs not yet done by every model; the stored records of those that are go to ``keep``."""
+    from .results import settled
 
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        TextColumn("{task.completed} images"),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("errors {task.fields[errors]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=console is None or not console.is_terminal,
-    )
+    it = iter(refs)
+    while group := list(islice(it, SKIP_CHUNK)):
+        finished, records = settled(store, group, models, revisions)
+        if records:
+            keep(records)
+        for ref in group:
+            if ref.uri not in finished:
+                yield ref
+
+
+class OutFile:
+    """--out written beside the target and moved over it at the end: an old file is never half-replaced."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.partial = path.with_name(f".{path.name}.partial")
+        self.writer = RecordWriter(self.partial, fmt)
+
+    def write(self, records: Iterable[Record]) -> None:
+        self.writer.write(records)
+
+    def close(self, *, commit: bool) -> int:
+        """Finish the file; with ``commit`` it takes the target's place, else the old target stays."""
+        self.writer.close()
+        if commit:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+        return self.writer.count
+
+
+class _Bar:
+    """Progress: a bar with a total, percentage and ETA when the count is known; listed-so-far and the
+    listing rate while an S3 listing runs, then a bar once it has ended."""
+
+    def __init__(self, console: Any, total: int | None, listing: _Listed) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.listing = listing
+        self.total = total
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            TextColumn("[bold]labelling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[listed]}"),
+            TextColumn("failed {task.fields[failed]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=console is None or not console.is_terminal,
+        )
+        self.task = self.progress.add_task("labelling", total=total, listed="", failed=0, rate="")
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.progress.start()
+
+    def advance(self, summary: Summary) -> None:
+        done = summary.labelled + summary.failed + summary.skipped
+        rate = (summary.labelled + summary.failed) / max(time.perf_counter() - self.started, 1e-9)
+        listed = "" if self.listing.finished else f"listed {self.listing.n:,} ({self.listing.rate:,.0f}/s)"
+        total = self.total if self.total is not None else self.listing.n if self.listing.finished else None
+        self.progress.update(self.task, completed=done, total=total, listed=listed, failed=summary.failed,
+                             rate=f"{rate:.1f} img/s")
+
+    def stop(self) -> None:
+        self.progress.stop()

@@ -14,10 +14,12 @@ processor config. Two paths:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -210,16 +212,60 @@ class Classifier:
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
         return pixels.numpy().astype(np.float32, copy=False)
 
-    def predict(self, batch: np.ndarray) -> list[Prediction]:
+    def predict(self, batch: Any) -> list[Prediction]:
         """Predict a stacked batch from :meth:`prepare`; one device→host copy."""
+        return self.collect(self.launch(self.stage(batch)))
+
+    # Two pinned host buffers and a copy stream per classifier on CUDA (made on first use).
+    _copy_stream: Any = None
+    _pinned: list[Any] | None = None
+    _pinned_done: list[Any] | None = None
+    _pinned_next: int = 0
+
+    def stage(self, batch: Any) -> tuple[Any, Any]:
+        """Start moving a stacked batch (numpy, or a tensor) to the device: (tensor, ready event or None).
+
+        On CUDA the batch is copied into one of two reused pinned host buffers and sent on a
+        separate copy stream, so that the next batch's host→device copy overlaps this batch's
+        forward pass (the engine stages batch k+1 before it collects batch k). A batch that is
+        already on the device (JPEGs decoded on the GPU) is used as it is.
+        """
         import torch
 
+        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type != "cuda":
+            return x.to(self.device), None
+        if x.device.type == "cuda":
+            return x, None
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+            self._pinned, self._pinned_done = [None, None], [None, None]
+        assert self._pinned is not None and self._pinned_done is not None
+        i = self._pinned_next
+        self._pinned_next ^= 1
+        buf, done = self._pinned[i], self._pinned_done[i]
+        if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
+            buf = self._pinned[i] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        elif done is not None:
+            done.synchronize()  # the copy that last read this buffer has finished
+        buf.copy_(x)
+        with torch.cuda.stream(self._copy_stream):
+            on_device = buf.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        self._pinned_done[i] = ready
+        return on_device, ready
+
+    def launch(self, staged: tuple[Any, Any]) -> Any:
+        """Queue normalisation, the forward pass, softmax and top-k for a staged batch (async on CUDA)."""
+        import torch
+
+        x, ready = staged
         with torch.inference_mode():
-            x = torch.from_numpy(batch)
-            if self.device.type == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            else:
-                x = x.to(self.device)
+            if ready is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(ready)
+                x.record_stream(stream)  # allocated on the copy stream, used on this one
             if x.dtype == torch.uint8:
                 x = x.permute(0, 3, 1, 2).float().mul_(self._mul).add_(self._add)  # NHWC → NCHW view
             x = x.to(self.dtype)
@@ -228,7 +274,11 @@ class Classifier:
             probs = torch.softmax(logits.float(), dim=-1)
             k = min(self.top_k, probs.shape[-1])
             top = torch.topk(probs, k, dim=-1)
-            packed = torch.stack([top.values, top.indices.float()], dim=0).cpu().numpy()
+            return torch.stack([top.values, top.indices.float()], dim=0)
+
+    def collect(self, launched: Any) -> list[Prediction]:
+        """Wait for a launched batch and build its predictions (the one device→host copy)."""
+        packed = launched.cpu().numpy()
         out = []
         for scores, indices in zip(packed[0], packed[1], strict=True):
             top_k = [{"label": self.labels[int(i)], "score": float(s)} for s, i in zip(scores, indices, strict=True)]
@@ -244,6 +294,7 @@ class Classifier:
         return self.prepare(Image.new("RGB", (256, 256))).shape
 
     seconds_per_image: float = 0.0  # measured by warmup(): steady-state model time per image
+    revision: str | None = None  # set by load_classifier(): hub commit or local folder content hash (records carry it)
 
     def warmup(self, batch_size: int) -> float:
         """Run batches of zeros (kernels, allocator, compile); returns seconds of the first.
@@ -273,20 +324,39 @@ def _is_convolutional(model: Any) -> bool:
     return convs > 2  # a ViT has one (the patch embedding)
 
 
+def check_model(name: str) -> None:
+    """Check that ``name`` (a folder or a hub id) can be loaded here, without importing torch.
+
+    A folder needs config.json (transformers or timm) and weights; a hub id must be in the Hugging Face
+    cache or on a reachable hub (HF_HUB_OFFLINE honoured; one request, short timeout, no retries).
+    Raises UsageError with one line saying what to do when it cannot be resolved.
+    """
+    from .hub import resolve
+
+    resolve(name)
+
+
 def load_classifier(name: str, settings: Settings) -> Classifier:
     """Load a classifier by hub id or local folder; UsageError when it cannot be had."""
+    from .hub import resolve
+
+    # Resolve first (no torch): a missing folder or an unreachable hub is one line that says what to do,
+    # and a cached model loads from disk without the hub's retries when the hub cannot be reached.
+    resolved = resolve(name)
+    hub_kwargs: dict[str, Any] = {"local_files_only": True} if resolved.offline else {}
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     start = time.perf_counter()
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(name)
-        processor = transformers.AutoImageProcessor.from_pretrained(name)
+        model = transformers.AutoModelForImageClassification.from_pretrained(resolved.load_from, **hub_kwargs)
+        processor = transformers.AutoImageProcessor.from_pretrained(resolved.load_from, **hub_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot load model {name!r}: {first}") from None
     clf = Classifier(name, model, processor, settings)
+    clf.revision = _loaded_revision(name, model)
     logger.info(
         "loaded %s on %s (%s, %s path) in %.1fs",
         name,
@@ -296,3 +366,55 @@ def load_classifier(name: str, settings: Settings) -> Classifier:
         time.perf_counter() - start,
     )
     return clf
+
+
+# ---------------------------------------------------------------- revisions
+
+
+def resolve_revision(name: str) -> str | None:
+    """The revision ``name`` loads as now, without loading it (no torch): a local folder's content hash,
+    else the commit the local hub cache's ``refs/main`` points at; None when unknown (not cached)."""
+    if Path(name).is_dir():
+        return folder_revision(Path(name))
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model") / "refs" / "main"
+        return ref.read_text(encoding="utf-8").strip() or None
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+_FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def folder_revision(folder: Path) -> str:
+    """``sha256:`` + 16 hex of a local model folder's files (relative paths, sizes, contents; hidden
+    files and folders left out). Cached per process by (path, sizes, mtimes): hashed once per change."""
+    folder = folder.resolve()
+    files = sorted(
+        (p.relative_to(folder).as_posix(), p)
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    stats = [(rel, p.stat()) for rel, p in files]
+    key = (str(folder), tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in stats))
+    if key not in _FOLDER_HASHES:
+        digest = hashlib.sha256()
+        for rel, path in files:
+            digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        if len(_FOLDER_HASHES) > 64:
+            _FOLDER_HASHES.clear()
+        _FOLDER_HASHES[key] = "sha256:" + digest.hexdigest()[:16]
+    return _FOLDER_HASHES[key]
+
+
+def _loaded_revision(name: str, model: Any) -> str | None:
+    """What a loaded model's records name as its revision: the folder hash, else the hub commit."""
+    if Path(name).is_dir():
+        return folder_revision(Path(name))
+    return getattr(model.config, "_commit_hash", None) or resolve_revision(name)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlparse
 
 from .config import Settings
@@ -310,22 +310,3 @@ class Stores:
         if scheme == "file":
             return self.local.fetch(ref)
         raise AccessDenied(f"unsupported URI scheme {scheme!r}: {ref.uri}")
-
-
-# Sources and their resumable listings live in labelq.sources, which imports this module; these names
-# stay importable from here, resolved on first use so that either module may be imported first.
-_SOURCES = ("Source", "iter_listing", "iter_source", "parse_source")
-
-if TYPE_CHECKING:
-    from .sources import Source as Source
-    from .sources import iter_listing as iter_listing
-    from .sources import iter_source as iter_source
-    from .sources import parse_source as parse_source
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SOURCES:
-        from . import sources
-
-        return getattr(sources, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

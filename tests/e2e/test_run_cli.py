@@ -23,17 +23,18 @@ from labelq.storage import LocalStore, file_uri, path_of
 from labelq.testing import CORPUS_MAX_PIXELS, build_vit
 from tests.e2e.conftest import RUN_ENV, Result, labelq
 
-# DESIGN.md, "Result record", in its order.
-DESIGN_FIELDS = ["uri", "etag", "model", "label", "score", "top_k", "status", "error_kind", "error", "job", "worker",
-                 "processed_at"]
-SUMMARY = re.compile(r"labelled (\d+) images \((\d+) records, (\d+) skipped as already done\)")
+# DESIGN.md, "Result record", in its order (model_revision: the hub commit or folder hash of the model).
+DESIGN_FIELDS = ["uri", "etag", "model", "model_revision", "label", "score", "top_k", "status", "error_kind", "error",
+                 "job", "worker", "processed_at"]
+SUMMARY = re.compile(r"labelled (\d+) images, (\d+) failed, (\d+) skipped as already done \((\d+) records\)")
 
 
 def summary(result: Result) -> tuple[int, int, int]:
+    """(images processed: labelled + failed, records written, skipped) from the summary line."""
     match = SUMMARY.search(result.flat_stdout)
     assert match, result.stdout
-    images, records, skipped = (int(g) for g in match.groups())
-    return images, records, skipped
+    labelled, failed, skipped, records = (int(g) for g in match.groups())
+    return labelled + failed, records, skipped
 
 
 def db_rows(db: Path) -> list[Record]:
@@ -131,6 +132,8 @@ def test_summary_and_exit(first_run: FirstRun, expected_outcomes: dict[str, str]
     n = len(expected_outcomes)
     assert summary(first_run.result) == (n, 2 * n, 0)
     broken = Counter(kind for kind in expected_outcomes.values() if kind != "ok")
+    match = SUMMARY.search(first_run.result.flat_stdout)
+    assert match and (int(match[1]), int(match[2])) == (n - broken.total(), broken.total())  # labelled, failed apart
     flat = first_run.result.flat_stdout
     for kind, files in broken.items():  # the error table counts records: one per file and model
         assert re.search(rf"{kind}\s*│\s*{2 * files}\b", flat), (kind, first_run.result.stdout)
@@ -151,7 +154,10 @@ def test_second_run_relabels_nothing_and_force_relabels(
     assert again.returncode == 0, again.stderr
     n = len(expected_outcomes)
     assert summary(again) == (0, 0, n)
-    assert (tmp_path / "again.jsonl").read_text() == ""
+    # --out holds a record for every object of the source, skipped ones too: a rerun never shrinks it.
+    again_records = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert sorted(again_records, key=lambda d: (d["uri"], d["model"])) == sorted(
+        first_run.records, key=lambda d: (d["uri"], d["model"]))
     assert db_rows(db) == before  # every field, processed_at included
 
     forced = labelq(*args, "--force", cwd=tmp_path, env=RUN_ENV)

@@ -1,4 +1,4 @@
-"""The SQL result table on SQLite and PostgreSQL: upsert, done(), streaming, export to files."""
+"""The SQL record table on SQLite and PostgreSQL: upsert per job, settled(), streaming, export to files."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 
 from labelq.errors import ERROR_KINDS, RETRYABLE_KINDS, UsageError
 from labelq.records import FIELDS, Record, read_records, write_records
-from labelq.results import SQLStore, open_store, skip_done
+from labelq.results import SQLStore, open_store, settled, skip_done
 from labelq.storage import ObjectRef
 
 # DESIGN.md, "Result record", in its order: typed here rather than imported, so the code is checked against it.
-DESIGN_FIELDS = ("uri", "etag", "model", "label", "score", "top_k", "status", "error_kind", "error", "job", "worker",
+DESIGN_FIELDS = ("uri", "etag", "model", "model_revision", "label", "score", "top_k", "status", "error_kind", "error", "job", "worker",
                  "processed_at")
 
 
@@ -45,21 +45,22 @@ def test_upsert_is_idempotent_and_keeps_the_latest(sql_store: SQLStore) -> None:
     batch = [ok(f"s3://b/{i}.jpg", model) for i in range(5) for model in ("m1", "m2")]
     sql_store.write(batch)
     sql_store.write(batch)  # a redelivered chunk
-    assert sql_store.count() == 10
-    assert list(sql_store.iter_records()) == sorted(batch, key=lambda r: (r.uri, r.model))
+    assert sql_store.count("job-1") == 10
+    assert list(sql_store.iter_records("job-1")) == sorted(batch, key=lambda r: (r.uri, r.model))
 
+    # A later job relabels one object: the skip view sees the newer record, job-1's export does not change.
     newer = ok("s3://b/0.jpg", "m1", etag="e2", label="dog", score=0.5, at="2024-02-02T00:00:00.000Z", job="job-2")
     sql_store.write([newer])
-    assert sql_store.count() == 10
-    stored = {(r.uri, r.model): r for r in sql_store.iter_records()}
-    assert stored[("s3://b/0.jpg", "m1")] == newer
-    assert stored[("s3://b/0.jpg", "m2")] == batch[1]  # the other model's record is untouched
+    assert (sql_store.count("job-1"), sql_store.count("job-2")) == (10, 1)
+    assert sql_store.get_many("m1", ["s3://b/0.jpg"]) == {"s3://b/0.jpg": newer}
+    assert sql_store.get_many("m2", ["s3://b/0.jpg"]) == {"s3://b/0.jpg": batch[1]}  # the other model's is untouched
+    assert list(sql_store.iter_records("job-1")) == sorted(batch, key=lambda r: (r.uri, r.model))
 
-    # An error record replaces an ok one (and back): no stale label or score survives.
+    # Within a job, an error record replaces an ok one (and back): no stale label or score survives.
     sql_store.write([failed("s3://b/1.jpg", "corrupt")])
-    replaced = {(r.uri, r.model): r for r in sql_store.iter_records()}[("s3://b/1.jpg", "m1")]
+    replaced = {(r.uri, r.model): r for r in sql_store.iter_records("job-1")}[("s3://b/1.jpg", "m1")]
     assert (replaced.status, replaced.label, replaced.score, replaced.top_k) == ("error", None, None, [])
-    assert sql_store.count() == 10
+    assert sql_store.count("job-1") == 10
 
 
 def test_write_of_nothing_is_a_no_op(sql_store: SQLStore) -> None:
@@ -73,18 +74,18 @@ def test_write_of_nothing_is_a_no_op(sql_store: SQLStore) -> None:
 def test_done_needs_every_model_with_the_same_etag(sql_store: SQLStore) -> None:
     sql_store.write([ok("s3://b/a.jpg", "m1"), ok("s3://b/a.jpg", "m2"), ok("s3://b/b.jpg", "m1")])
     a, b, c = ObjectRef("s3://b/a.jpg", 1, "e1"), ObjectRef("s3://b/b.jpg", 1, "e1"), ObjectRef("s3://b/c.jpg", 1, "e1")
-    assert sql_store.done([a, b, c], ["m1", "m2"]) == {"s3://b/a.jpg"}  # b lacks m2, c has nothing
-    assert sql_store.done([a, b, c], ["m1"]) == {"s3://b/a.jpg", "s3://b/b.jpg"}
-    assert sql_store.done([ObjectRef("s3://b/a.jpg", 1, "e2")], ["m1", "m2"]) == set()  # the object changed
-    assert sql_store.done([], ["m1"]) == set()
+    assert settled(sql_store, [a, b, c], ["m1", "m2"])[0] == {"s3://b/a.jpg"}  # b lacks m2, c has nothing
+    assert settled(sql_store, [a, b, c], ["m1"])[0] == {"s3://b/a.jpg", "s3://b/b.jpg"}
+    assert settled(sql_store, [ObjectRef("s3://b/a.jpg", 1, "e2")], ["m1", "m2"])[0] == set()  # the object changed
+    assert settled(sql_store, [], ["m1"])[0] == set()
 
 
 @pytest.mark.parametrize("kind", ERROR_KINDS)
 def test_done_retries_only_retryable_errors(sql_store: SQLStore, kind: str) -> None:
     sql_store.write([failed("s3://b/x.jpg", kind)])
-    done = sql_store.done([ObjectRef("s3://b/x.jpg", 1, "e1")], ["m1"])
-    if kind in ("storage_error", "model_error"):
-        assert kind in RETRYABLE_KINDS
+    done, _ = settled(sql_store, [ObjectRef("s3://b/x.jpg", 1, "e1")], ["m1"])
+    if kind in RETRYABLE_KINDS:  # storage_error, model_error, access_denied (labelq.errors says why)
+        assert {"storage_error", "model_error"} <= RETRYABLE_KINDS
         assert done == set()
     else:  # corrupt, not_an_image, ...: final, a rerun must not try again
         assert done == {"s3://b/x.jpg"}

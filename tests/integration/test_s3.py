@@ -15,7 +15,8 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import LabelqError, UsageError
-from labelq.storage import ObjectRef, S3Store, Stores, iter_source, parse_source, s3_uri
+from labelq.sources import iter_source, parse_source
+from labelq.storage import ObjectRef, S3Store, Stores, s3_uri
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
 from tests.integration.conftest import AuthMoto, Credentials
 
