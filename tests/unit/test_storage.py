@@ -11,15 +11,14 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import LabelqError, NotFound, StorageError, UsageError
+from labelq.sources import iter_source, parse_source
 from labelq.storage import (
     LocalStore,
     ObjectRef,
     Stores,
     _Transient,
     file_uri,
-    iter_source,
     local_etag,
-    parse_source,
     path_of,
     s3_uri,
     split_s3,
