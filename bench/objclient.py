@@ -65,7 +65,8 @@ def run(paths: list[Path], *, repeat: int = 3, threads: int = 16, rounds: int = 
     from .servers import Moto
 
     rows: list[dict[str, Any]] = []
-    with Moto() as moto:
+    moto = Moto()
+    try:
         s3 = moto.client()
         s3.create_bucket(Bucket=BUCKET)
         keys = []
@@ -74,7 +75,7 @@ def run(paths: list[Path], *, repeat: int = 3, threads: int = 16, rounds: int = 
             keys.append(p.name)
         total_bytes = sum(p.stat().st_size for p in paths)
         work = keys * rounds
-        clients: dict[str, Any] = {
+        clients: dict[str, tuple[str, Any]] = {
             "boto3, labelq's client (S3Store.fetch)": ("threads", _boto3(moto, when_required=False)),
             "boto3, checksums when_required": ("threads", _boto3(moto, when_required=True)),
         }
@@ -95,7 +96,8 @@ def run(paths: list[Path], *, repeat: int = 3, threads: int = 16, rounds: int = 
                     with ThreadPoolExecutor(threads) as pool:
                         got = sum(pool.map(get, work))
                 else:
-                    got = asyncio.run(_async_all(*get, work, threads))
+                    module, store_ = get
+                    got = asyncio.run(_async_all(module, store_, work, threads))
                 runs.append({"wall_s": time.perf_counter() - t0, "client_cpu_s": time.process_time() - cpu0,
                              "moto_cpu_s": moto.proc.cpu_seconds() - moto0})
                 assert got == total_bytes * rounds, (name, got)
@@ -108,6 +110,8 @@ def run(paths: list[Path], *, repeat: int = 3, threads: int = 16, rounds: int = 
             rows.append(row)
             log(f"  {name:<42} {row['gets_per_s']:7.1f} GET/s  client CPU {row['client_cpu_ms_per_get']:.2f} ms/GET "
                 f"(min {row['client_cpu_ms_per_get_min']:.2f}), moto {row['moto_cpu_ms_per_get']:.2f} ms/GET")
+    finally:
+        moto.stop()
     return {"objects": len(paths), "mean_bytes": round(total_bytes / len(paths)), "threads": threads, "rows": rows}
 
 

@@ -93,7 +93,7 @@ def _ray_main(args: argparse.Namespace) -> None:
                 from labelq.config import Settings
                 from labelq.images import Limits
 
-                s = Settings(models=[model], device="cpu", torch_threads=args.torch_threads)
+                s = Settings(models=[model], device="cpu", torch_threads=args.torch_threads)  # type: ignore[call-arg]
                 from labelq.models import load_classifier
 
                 self.clf = load_classifier(model, s)
@@ -114,6 +114,7 @@ def _ray_main(args: argparse.Namespace) -> None:
                 from labelq.images import decode, fit
 
                 geometry = self.clf.geometry
+                assert geometry is not None, "the bench model has a fast path"
                 pixels = np.stack([fit(decode(bytes(b), self.limits, draft=[geometry]), geometry)
                                    for b in rows["bytes"]])
                 preds = self.clf.predict(pixels)

@@ -320,7 +320,7 @@ class Engine:
         if not waiting:
             return
         start = time.perf_counter()
-        datas = [item.raw for item in waiting]
+        datas = [item.raw for item in waiting if item.raw is not None]
         try:
             decoded = self.device_jpeg.decode(datas) if self.device_jpeg is not None else [None] * len(waiting)
         except Exception:  # the CPU takes them all
@@ -332,7 +332,7 @@ class Engine:
             if inputs is not None:
                 item.inputs = inputs
             else:  # per item, with the CPU's errors
-                cpu = self._decode_cpu(item.ref, data)  # type: ignore[arg-type]
+                cpu = self._decode_cpu(item.ref, data)
                 item.inputs, item.error = cpu.inputs, cpu.error
 
     def _decode_cpu(self, ref: ObjectRef, data: bytes) -> Item:

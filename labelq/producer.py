@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from . import keys
@@ -114,13 +115,19 @@ def _take_dead_lease(book: JobBook, job_id: str, token: str) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """A running process (a zombie nobody reaped, as a killed detached producer can be in a container
+    without an init, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store: Any, job_id: str, info: JobInfo,
@@ -155,8 +162,10 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
         published = 0
         if todo:
             cid = chunk_id(job_id, models, [r.uri for r in todo])
-            # "waiting"/"done": a producer killed before it moved the cursor published this very chunk
-            if _reserve(book, job_id, cid, settings, token, wait_for_room) == "ok":
+            # "done": a producer killed before it moved the cursor published this very chunk, and a worker
+            # labelled it. "waiting": it reserved the chunk's place, and may or may not have published it before
+            # it died: publish (again); a second copy has the same task id and runs once (JobBook.started).
+            if _reserve(book, job_id, cid, settings, token, wait_for_room) in ("ok", "waiting"):
                 try:
                     publish(app, settings, job_id, todo, models, cid, priority)
                 except BaseException:

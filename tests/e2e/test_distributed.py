@@ -229,9 +229,10 @@ def test_an_enqueue_killed_mid_listing_resumes_without_duplicates(redis_url: str
                                                                  tmp_path: Path, tiny_vit: Path) -> None:
     """No workers: what the producer published stays in the queue, where the test counts it.
 
-    A kill that lands between a publish and moving the cursor makes the resumed producer relist that
-    one group: its chunk id comes from its content, so it is found still waiting and not published
-    again. Everything is listed, counted and published once.
+    A kill that lands between reserving a chunk's place and moving the cursor makes the resumed producer
+    relist that one group: its chunk id comes from its content, and it is published again (the first copy
+    may never have gone out): at most that one chunk twice, under one task id, which a worker runs once
+    (see test_reliability). Everything else is listed, counted and published once.
     """
     n, size = 5000, 5
     manifest = tmp_path / "manifest.txt"
@@ -255,7 +256,7 @@ def test_an_enqueue_killed_mid_listing_resumes_without_duplicates(redis_url: str
     assert int(state["chunks"]) == n // size
     chunks = queued_chunks(redis_client)
     twice = sorted(str(c) for c, k in Counter(c.chunk for c in chunks).items() if k > 1)
-    assert twice == [], f"published twice: {twice} (killed at listed={killed['listed']}, chunks={killed['chunks']})"
+    assert len(twice) <= 1, f"published twice: {twice} (killed at listed={killed['listed']}, chunks={killed['chunks']})"
     assert all(c.task_id == c.chunk for c in chunks)
     assert queue_length(redis_client) == len(chunks) == n // size + len(twice)
     listed = Counter(uri for c in {c.chunk: c for c in chunks}.values() for uri in c.uris)
