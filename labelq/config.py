@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import UsageError
-from .urls import REDIS_SCHEMES, check_broker_url, check_endpoint_url, check_redis_url
+from .urls import check_broker_url, check_endpoint_url, check_redis_url, is_redis_url
 from .urls import redact as redact  # re-exported: labelq.config.redact is used across the package
 
 DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_urls(cls, value: str | None) -> str | None:
         """Redis URLs as redis-py accepts them (SQL URLs are SQLAlchemy's to check)."""
-        if value and value.split("://", 1)[0].lower() in REDIS_SCHEMES:
+        if is_redis_url(value):
             return check_redis_url(value)
         return value
 
@@ -201,7 +201,7 @@ class Settings(BaseSettings):
     def jobs_redis(self) -> str:
         """The Redis that holds job state (and records, unless results_url names SQL)."""
         for url in (self.redis_url, self.results_url, self.broker_url):
-            if url and url.startswith(("redis://", "rediss://", "unix://")):
+            if is_redis_url(url):
                 return url
         return "redis://localhost:6379/0"
 

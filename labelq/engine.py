@@ -203,13 +203,8 @@ class Engine:
             out.set_result(df.result())
 
         def fetched(ff: Future[bytes]) -> None:
-            try:
-                data = ff.result()
-            except LabelqError as exc:
-                out.set_result(Item(ref, error=exc))
-                return
-            except Exception as exc:  # noqa: BLE001
-                out.set_result(Item(ref, error=StorageError(f"{type(exc).__name__}: {exc}")))
+            data = _fetched(ref, ff, out)
+            if data is None:
                 return
             try:
                 self._decode_pool.submit(self._decode, ref, data).add_done_callback(decoded)
@@ -244,13 +239,8 @@ class Engine:
             out.set_result(Item(ref, dict(zip(feed.geometries, pixels, strict=True))))
 
         def fetched(ff: Future[bytes]) -> None:
-            try:
-                data = ff.result()
-            except LabelqError as exc:
-                out.set_result(Item(ref, error=exc))
-                return
-            except Exception as exc:  # noqa: BLE001
-                out.set_result(Item(ref, error=StorageError(f"{type(exc).__name__}: {exc}")))
+            data = _fetched(ref, ff, out)
+            if data is None:
                 return
             try:
                 feed.submit(data).add_done_callback(lambda df: decoded(df, data))
@@ -428,6 +418,17 @@ def _collect_or_isolate(clf: Classifier, launched: dict[Classifier, Any] | None,
         except Exception as exc:  # noqa: BLE001 - retried below, item by item if need be
             _free_memory(exc)
     return predict_isolated(clf, inputs)
+
+
+def _fetched(ref: ObjectRef, ff: Future[bytes], out: Future[Item]) -> bytes | None:
+    """A fetch's bytes, or None once ``out`` holds the item's error (never raises: per item, never per batch)."""
+    try:
+        return ff.result()
+    except LabelqError as exc:
+        out.set_result(Item(ref, error=exc))
+    except Exception as exc:  # noqa: BLE001
+        out.set_result(Item(ref, error=StorageError(f"{type(exc).__name__}: {exc}")))
+    return None
 
 
 def predict_isolated(clf: Classifier, inputs: list[np.ndarray]) -> list[Prediction | LabelqError]:

@@ -12,13 +12,9 @@ from typing import Any
 
 from .config import redact
 from .errors import UsageError
+from .urls import REDIS_SCHEMES, is_redis_url
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def is_redis_url(url: str | None) -> bool:
-    return bool(url) and url.split("://", 1)[0].lower() in REDIS_SCHEMES  # type: ignore[union-attr]
-
+__all__ = ["REDIS_SCHEMES", "connect", "is_redis_url"]
 
 def connect(url: str, *, check: bool = True, retries: int = 8) -> Any:
     """A Redis client with timeouts, health checks and retries on dropped connections.

@@ -13,9 +13,15 @@ the userinfo, the first ``:`` starts the password).
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def is_redis_url(url: str | None) -> TypeGuard[str]:
+    """The one "is this a Redis URL?" check: redis://, rediss:// (TLS) and unix:// (a socket), as redis-py reads them."""
+    return bool(url) and str(url).split("://", 1)[0].lower() in REDIS_SCHEMES
 # query parameters whose value is hidden by redact(): passwords, tokens, keys, signatures (SQS/S3 presigned URLs)
 SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session|cookie", re.IGNORECASE)
 ENCODE_HINT = (
