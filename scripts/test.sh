@@ -18,4 +18,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 . .venv/bin/activate
 ruff check labelq tests bench
 lint-imports  # the layer contracts of pyproject.toml [tool.importlinter] (docs/design.md, "House and layers")
+python scripts/import_graph.py --check  # docs/design.md's import graph is the code's (regenerate: --write)
 python -m pytest "$@"
