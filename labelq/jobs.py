@@ -232,10 +232,6 @@ return 0
 """
 
 
-def failure_field(model: str, uri: str) -> str:
-    return f"{model}{keys.SEP}{uri}"
-
-
 def failure_info(rec: Record, chunk: str) -> str:
     """What the failure list holds for a failed record: kind, chunk, etag, message (no tabs/newlines)."""
     message = " ".join((rec.error or "").split())[:300]
@@ -406,7 +402,7 @@ class JobBook:
         args: list[Any] = [keys.job(job_id), group, self.ttl, utcnow(), n_objects, sum(r.ok for r in records)]
         for rec in records:
             if not rec.ok:
-                args += [failure_field(rec.model, rec.uri), failure_info(rec, "skipped")]
+                args += [keys.item_field(rec.model, rec.uri), failure_info(rec, "skipped")]
         self._skipped(keys=[keys.job(job_id)], args=args)
 
     def received(self, job_id: str, n: int) -> None:
@@ -438,7 +434,7 @@ class JobBook:
         """
         args: list[Any] = [keys.job(job_id), self.ttl, utcnow(), len(items)]
         for chunk, pos, rec in items:
-            args += [chunk, pos, failure_field(rec.model, rec.uri), status_code(rec),
+            args += [chunk, pos, keys.item_field(rec.model, rec.uri), status_code(rec),
                      "" if rec.ok else failure_info(rec, chunk)]
         nok, nerr = self._record(keys=[keys.job(job_id)], args=args)
         return int(nok), int(nerr)
@@ -460,11 +456,11 @@ class JobBook:
 
     def forget(self, job_id: str, items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Take failed (model, uri) items out of the job's counts; returns those that were there."""
-        fields = [failure_field(model, uri) for model, uri in items]
+        fields = [keys.item_field(model, uri) for model, uri in items]
         if not fields:
             return []
         gone = self._forget(keys=[keys.job(job_id)], args=[keys.job(job_id), *fields])
-        return [_split(f) for f in gone]
+        return [keys.split_item(f) for f in gone]
 
     # ---------------------------------------------------------------- readers
 
@@ -485,7 +481,7 @@ class JobBook:
     def failures(self, job_id: str, *, count: int = 1000) -> Iterator[Failure]:
         """The job's failed (object, model) pairs with kind and message (HSCAN: bounded memory)."""
         for fld, info in self.redis.hscan_iter(keys.job_failed(job_id), count=count):
-            model, uri = _split(fld)
+            model, uri = keys.split_item(fld)
             text = info.decode() if isinstance(info, bytes) else info
             kind, chunk, etag, message = ([*text.split("\t", 3), "", "", ""])[:4]
             yield Failure(model, uri, kind, chunk, etag or None, message)
@@ -509,12 +505,6 @@ class JobBook:
     def _expire(self, key: str) -> None:
         if self.ttl:
             self.redis.expire(key, self.ttl)
-
-
-def _split(fld: str | bytes) -> tuple[str, str]:
-    text = fld.decode() if isinstance(fld, bytes) else fld
-    model, uri = text.split(keys.SEP, 1)
-    return model, uri
 
 
 def _text(raw: dict[Any, Any]) -> dict[str, str]:

@@ -45,7 +45,7 @@ class EnqueueResult:
     skipped: int
     chunks: int
     resumed_from: int
-    state: str  # the job's state, or "paused" (queue full, listing handed on) / "busy" (another producer)
+    state: str  # the job's state, or "busy" (another producer holds the listing)
 
 
 class QueueFull(Exception):
@@ -74,8 +74,8 @@ def enqueue(
 ) -> EnqueueResult:
     """List a source and publish its chunks; resumes a named job from its cursor.
 
-    With ``wait_for_room=False`` the producer returns ``state="paused"`` the first time the
-    queue is full (the caller hands the rest of the listing to a background producer).
+    With ``wait_for_room=False`` the producer raises :class:`QueueFull` the first time the queue is
+    full (the caller hands the rest of the listing to a background producer, which resumes from the cursor).
     """
     source = parse_source(source_text, suffixes=settings.suffixes)
     models = list(models or settings.models)
@@ -102,12 +102,13 @@ def enqueue(
 def _take_dead_lease(book: JobBook, job_id: str, token: str) -> bool:
     """Take the lease of a producer of this host that is gone (SIGKILL, OOM): its lease would
     otherwise block a resume for up to LEASE_S while nobody lists the job."""
-    held = book.redis.get(keys.job_producer(job_id))
-    host, _, rest = (held.decode() if isinstance(held, bytes) else held or "").partition(":")
+    raw = book.redis.get(keys.job_producer(job_id))
+    held = raw.decode() if isinstance(raw, bytes) else raw or ""
+    host, _, rest = held.partition(":")
     pid = rest.split(":", 1)[0]
     if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
         return False
-    book.release(job_id, held.decode() if isinstance(held, bytes) else held)  # compare-and-delete: only that token
+    book.release(job_id, held)  # compare-and-delete: only that token
     if not book.lease(job_id, token, LEASE_S):
         return False
     logger.info("job %s: took over the listing lease of producer pid %s, which is gone", job_id, pid)
@@ -159,7 +160,6 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
             store.write(copies, chunk=chunk_id("skip:" + job_id, models, sorted(done)))
             book.count_skipped(job_id, existing, len(done))
         todo = [r for r in refs if r.uri not in done]
-        published = 0
         if todo:
             cid = chunk_id(job_id, models, [r.uri for r in todo])
             # "done": a producer killed before it moved the cursor published this very chunk, and a worker
@@ -171,15 +171,14 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
                 except BaseException:
                     book.unreserve(cid)
                     raise
-            published = 1
         new_cursor = group[-1][1]
         if not book.advance(job_id, cursor_was=cursor, cursor=new_cursor, listed=listed + len(refs),
-                            enqueued=len(todo) if published else 0, chunks=published):
+                            enqueued=len(todo), chunks=int(bool(todo))):
             raise UsageError(f"job {job_id}: another producer moved the listing cursor; this one stops")
         cursor = new_cursor
         listed += len(refs)
-        sent += len(todo) if published else 0
-        chunks += published
+        sent += len(todo)
+        chunks += int(bool(todo))
         skipped += len(done)
         if progress is not None:
             progress(listed)

@@ -264,7 +264,7 @@ def _failed(task: Any, exc: BaseException, job: str, payload: dict[str, Any], it
     come back the process exits without acknowledging, and the broker hands the chunk to another
     worker after the visibility timeout.
     """
-    settings = load_settings()
+    settings = _runtime.settings if _runtime is not None else load_settings()
     attempt = int(getattr(task.request, "retries", 0) or 0) + 1
     what = " ".join(f"{type(exc).__name__}: {exc}".split())
     chunk = payload["chunk"]
