@@ -20,6 +20,9 @@ Commands (``python -m bench --help``):
   process and after start-up, wall and CPU per image (needs the ``bench`` extra; also
   step ``ray`` of the full run).
 * ``python -m bench decode``: per-core decode scaling, threads vs decode processes.
+* ``python -m bench decoders``: other JPEG decoders (simplejpeg, pyvips) in place of
+  Pillow's draft decode: ms per image on one thread and pixel fidelity against the
+  models' processors (the fast-path gate), 1080p, 12 MP and the example photos.
 * ``python -m bench s3``: object clients (boto3 as labelq sets it up, obstore) against
   moto over HTTP: GETs/s and CPU per GET.
 """
@@ -84,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--images", type=int, default=128)
     dp.add_argument("--workers", default="1,2", help="decode threads / processes to try")
     dp.add_argument("--repeat", type=int, default=3)
+    tp = sub.add_parser("throughput", help="distributed vs labelq run on the same objects (folder and moto S3), "
+                        "chunks in flight 2 vs 1, 1080p")
+    tp.add_argument("--model", choices=("mobilenetv3", "vit"), default="mobilenetv3")
+    tp.add_argument("--images", type=int, default=1024)
+    tp.add_argument("--batch", type=int, default=32)
+    tp.add_argument("--repeat", type=int, default=3)
+    jp = sub.add_parser("decoders", help="JPEG decoders (Pillow full/draft, simplejpeg, pyvips) on one thread: "
+                        "ms/img and fidelity vs the models' processors")
+    jp.add_argument("--images", type=int, default=None,
+                    help="1920x1080 JPEGs; 4000x3000 get half as many (default 16, quick 4)")
+    jp.add_argument("--repeat", type=int, default=None, help="timed rounds per decoder, median kept (default 7, quick 2)")
+    jp.add_argument("--quick", action="store_true", help="fewer images and rounds")
     op = sub.add_parser("s3", help="object clients against moto over HTTP: GETs/s and CPU per GET")
     op.add_argument("--images", type=int, default=64)
     op.add_argument("--repeat", type=int, default=3)
@@ -121,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return _ray(args)
     if args.command == "decode":
         return _decode(args)
+    if args.command == "decoders":
+        return _decoders(args)
     if args.command == "s3":
         return _s3(args)
+    if args.command == "throughput":
+        return _throughput(args)
     return _all(args)
 
 
@@ -196,6 +215,57 @@ def _decode(args: argparse.Namespace) -> int:
     print(decodescale.table(res))
     write_json(OUT / "decode-scaling.json", res)
     print(f"wrote {OUT / 'decode-scaling.json'}")
+    return 0
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    """Issue 14's first target in one run: the distributed path against `labelq run` on the same objects."""
+    from . import data, distributed
+
+    paths = data.files(data.photos("1920x1080", args.images))
+    v = distributed.Variant
+    one = (("LABELQ_CHUNKS_IN_FLIGHT", "1"),)
+    variants = (distributed.DEFAULT, v("chunks_in_flight=1", one), v("local folder", source="local"),
+                v("chunks_in_flight=1, local folder", one, source="local"))
+    log(f"throughput: {args.images} images 1920x1080, {args.model}, batch {args.batch}, {cores()} cores")
+    got = distributed.measure(str(data.model(args.model)), paths, batch_size=args.batch, repeat=args.repeat,
+                              variants=variants, embedded=True)
+    res: dict[str, Any] = {"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:]),
+                           "images": len(paths), "model": args.model, "batch": args.batch, "measures": {}}
+    for name, pair in got.items():
+        res["measures"][name] = {k: m.to_dict() for k, m in pair.items()}
+    ips = {name: pair["job"].ips for name, pair in got.items()}
+    rows = [("labelq run, local folder", ips["embedded local"], None), ("labelq run, moto S3", ips["embedded s3"], None)]
+    for variant in variants:
+        base = ips["embedded local"] if variant.source == "local" else ips["embedded s3"]
+        rows.append((f"distributed, {variant.name} ({variant.source})", ips[variant.name], ips[variant.name] / base))
+    print("\n| mode | img/s (job clock) | × labelq run on the same source | × labelq run, local folder |")
+    print("|---|---:|---:|---:|")
+    for name, rate, same in rows:
+        print(f"| {name} | {rate:.1f} | {'' if same is None else f'{same:.2f}'} | {rate / ips['embedded local']:.2f} |")
+    res["rows"] = [{"mode": n, "ips": round(r, 2), "vs_same_source": same and round(same, 3)} for n, r, same in rows]
+    write_json(OUT / f"throughput-{args.model}.json", res)
+    print(f"wrote {OUT / f'throughput-{args.model}.json'}")
+    return 0
+
+
+def _decoders(args: argparse.Namespace) -> int:
+    from . import data, decoders
+
+    n = args.images or (4 if args.quick else 16)
+    repeat = args.repeat or (2 if args.quick else 7)
+    started = time.perf_counter()
+    sets = {"1920x1080": data.files(data.photos("1920x1080", n)),
+            "4000x3000": data.files(data.photos("4000x3000", max(1, n // 2))),
+            "real": [p for p in data.real_photos() if p.suffix.lower() in (".jpg", ".jpeg")]}
+    log(f"decoders: {', '.join(f'{k} {len(v)}' for k, v in sets.items())} JPEGs, one thread, {repeat} rounds")
+    res = decoders.run({"mobilenetv3": data.model("mobilenetv3"), "vit-tiny": data.tiny_vit()}, sets, repeat=repeat)
+    res.update({"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:]),
+                "seconds": round(time.perf_counter() - started, 1)})
+    print(decoders.table(res))
+    name = f"decoders{'-quick' if args.quick else ''}.json"
+    write_json(OUT / name, res)
+    print(f"wrote {OUT / name} in {res['seconds']:.0f}s")
     return 0
 
 

@@ -61,9 +61,13 @@ DEFAULT = Variant("defaults")
 
 
 def measure(model: str, paths: list[Path], *, batch_size: int, repeat: int,
-            variants: tuple[Variant, ...] = (DEFAULT,)) -> dict[str, dict[str, Measure]]:
-    """Each variant: a fresh ``labelq worker``, a warm-up job, then ``repeat`` timed jobs of every image."""
-    out = {}
+            variants: tuple[Variant, ...] = (DEFAULT,), embedded: bool = False) -> dict[str, dict[str, Measure]]:
+    """Each variant: a fresh ``labelq worker``, a warm-up job, then ``repeat`` timed jobs of every image.
+
+    ``embedded``: also ``labelq run`` in this process on the same objects, from the folder and from
+    the same moto bucket (keys ``embedded local`` and ``embedded s3``), first, in the same run.
+    """
+    out: dict[str, dict[str, Measure]] = {}
     with Redis("dist-redis") as redis, Moto() as moto:
         s3 = moto.client()
         s3.create_bucket(Bucket=BUCKET)
@@ -74,6 +78,14 @@ def measure(model: str, paths: list[Path], *, batch_size: int, repeat: int,
         fetch = _fetch_alone(s3, [f"run/{p.name}" for p in paths], moto)
         log(f"    S3 (moto over HTTP) fetch alone, 16 threads: {fetch['images_per_s']:.0f} img/s, "
             f"{fetch['moto_cpu_ms_per_image']:.1f} ms of moto CPU per image")
+        if embedded:
+            from .modes import labelq_run
+
+            local = labelq_run(Path(model), paths[0].parent, repeat=repeat, batch_size=batch_size,
+                               name="labelq run, local folder")
+            over_s3 = labelq_run(Path(model), "s3://bench/run/", repeat=repeat, batch_size=batch_size,  # type: ignore[arg-type]
+                                 name="labelq run, moto S3", s3_endpoint_url=moto.endpoint_url, s3_region="us-east-1")
+            out["embedded local"], out["embedded s3"] = {"job": local}, {"job": over_s3}
         for variant in variants:
             out[variant.name] = _variant(variant, model, paths, redis, moto, batch_size=batch_size, repeat=repeat)
             out[variant.name]["job"].extra.update({"upload_s": round(upload_s, 1), "s3_fetch_alone": fetch})

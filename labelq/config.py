@@ -95,6 +95,10 @@ class Settings(BaseSettings):
 
     # --- distributed
     chunk_size: int = Field(256, ge=1, le=100_000, description="object refs per Celery task (256: <= 0.1 Redis round trips per image)")
+    chunks_in_flight: int = Field(
+        2, ge=1, le=64, description="bulk chunks a worker process works on at once (task threads sharing one engine); "
+        "2 decodes the next chunk while the current one infers; 1 = solo pool, one at a time"
+    )
     visibility_timeout: int = Field(3600, ge=10, description="seconds before an unacknowledged chunk is redelivered (Redis broker)")
     queue: str = Field("labelq", description="Celery queue of bulk chunks")
     max_queued_chunks: int = Field(

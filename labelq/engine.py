@@ -6,6 +6,13 @@ object refs and a list of classifiers and yields, per batch, one record per
 (Pillow releases the GIL), and both run ahead of inference by a bounded window
 of ``prefetch_batches`` batches, so memory stays bounded however long the listing.
 A failure is always per item: it becomes an error record, never a failed batch.
+
+Several runs may share one engine from different threads (a worker's chunks in
+flight): their fetches and decodes share the pools, the models run one batch at a
+time, and :meth:`Engine.using` lets runs with the same classifiers in together
+while a run that needs others waits for them to finish. So one chunk's objects
+decode while another's last batch infers, and the pipeline does not drain between
+chunks.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +67,9 @@ class Stats:
         with self._lock:
             self.seconds[stage] += seconds
 
-    def count(self, records: Sequence[Record]) -> None:
+    def count(self, records: Sequence[Record], images: int = 0) -> None:
         with self._lock:
+            self.images += images
             for rec in records:
                 self.records += 1
                 if rec.ok:
@@ -99,6 +108,41 @@ class Engine:
         self._fetch_pool = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="labelq-fetch")
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="labelq-decode")
         self.stats = Stats()
+        self._model_lock = threading.Lock()  # one batch on the models at a time, whichever run it is from
+        self._users = threading.Condition()  # runs inside using(): how many, and how many wait to switch
+        self._active = 0
+        self._switching = 0
+
+    @contextmanager
+    def using(self, classifiers: Sequence[Classifier]) -> Iterator[Engine]:
+        """Run with these classifiers, alongside other threads' runs that use the same ones.
+
+        A run that needs other classifiers waits until the runs inside have finished (and
+        runs that arrive after it wait for its switch), then switches the engine: the items
+        in flight were decoded for the views of the classifiers they were submitted with.
+        """
+        wanted = list(classifiers)
+
+        def may_enter() -> bool:  # nobody waits to switch, and the engine is idle or has these classifiers
+            return self._switching == 0 and (self._active == 0 or wanted == self.classifiers)
+
+        with self._users:
+            if not may_enter():
+                switch = wanted != self.classifiers
+                self._switching += switch
+                try:  # a switch waits for the runs inside; the others for the switches asked before them
+                    self._users.wait_for(lambda: self._active == 0 if switch else may_enter())
+                finally:
+                    self._switching -= switch
+            if wanted != self.classifiers:
+                self.use(wanted)
+            self._active += 1
+        try:
+            yield self
+        finally:
+            with self._users:
+                self._active -= 1
+                self._users.notify_all()
 
     def use(self, classifiers: Sequence[Classifier]) -> None:
         """Set the classifiers the next runs label with (a worker switches per chunk)."""
@@ -300,8 +344,7 @@ class Engine:
             yield self._counted(previous[0], self.infer(previous[0], job=job, launched=previous[1]))
 
     def _counted(self, batch: Sequence[Item], records: list[Record]) -> list[Record]:
-        self.stats.images += len(batch)
-        self.stats.count(records)
+        self.stats.count(records, len(batch))
         return records
 
     def _decode_on_device(self, batch: Sequence[Item]) -> None:
@@ -334,6 +377,10 @@ class Engine:
 
     def _launch(self, batch: Sequence[Item]) -> dict[Classifier, Any]:
         """Stage and queue every classifier's forward pass on a batch; a failure is kept for :meth:`infer`."""
+        with self._model_lock:
+            return self._launch_locked(batch)
+
+    def _launch_locked(self, batch: Sequence[Item]) -> dict[Classifier, Any]:
         self._decode_on_device(batch)
         good = [item for item in batch if item.error is None]
         launched: dict[Classifier, Any] = {}
@@ -354,6 +401,11 @@ class Engine:
 
         ``launched``: forward passes :meth:`_launch` already queued for this batch, collected here.
         """
+        with self._model_lock:
+            return self._infer_locked(batch, job, classifiers, launched)
+
+    def _infer_locked(self, batch: Sequence[Item], job: str | None, classifiers: Sequence[Classifier] | None,
+                      launched: dict[Classifier, Any] | None) -> list[Record]:
         classifiers = list(classifiers) if classifiers is not None else self.classifiers
         records: list[Record] = []
         now = utcnow()

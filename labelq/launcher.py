@@ -1,10 +1,12 @@
 """`labelq worker`: one Celery worker process per device, pinned, supervised.
 
-Each child is ``celery -A labelq.worker worker --pool solo`` with its own node name
-(``gpu0@host``, ``cpu@host``) and ``CUDA_VISIBLE_DEVICES`` set to its one GPU, so it
-sees it as ``cuda:0``. The solo pool runs tasks in the worker process itself: CUDA
-is initialised there and never in a process that forks. SIGTERM/SIGINT are passed
-on: each child finishes its current chunk (warm shutdown) and exits.
+Each child is ``celery -A labelq.worker worker --pool threads --concurrency N`` (N =
+``LABELQ_CHUNKS_IN_FLIGHT``, 2 by default; 1 runs ``--pool solo``) with its own node
+name (``gpu0@host``, ``cpu@host``) and ``CUDA_VISIBLE_DEVICES`` set to its one GPU, so
+it sees it as ``cuda:0``. Both pools run tasks in the worker process itself: CUDA is
+initialised there and never in a process that forks, and the N task threads share
+one copy of the models and one engine. SIGTERM/SIGINT are passed on: each child
+finishes the chunks it holds (warm shutdown) and exits.
 """
 
 from __future__ import annotations
@@ -74,8 +76,14 @@ def live_concurrency(settings: Settings) -> int:
 
 
 def child_command(slot: Slot, settings: Settings, loglevel: str, *, live: bool = False) -> list[str]:
-    """Bulk: solo pool on the bulk queue. Live: a threads pool on the live queue (one model copy, one batcher)."""
-    pool = ["--pool", "threads", "--concurrency", str(live_concurrency(settings))] if live else ["--pool", "solo"]
+    """Bulk: chunks_in_flight task threads (1: solo pool) on the bulk queue. Live: a threads pool on the live
+    queue (one model copy, one batcher)."""
+    if live:
+        pool = ["--pool", "threads", "--concurrency", str(live_concurrency(settings))]
+    elif settings.chunks_in_flight > 1:
+        pool = ["--pool", "threads", "--concurrency", str(settings.chunks_in_flight)]
+    else:
+        pool = ["--pool", "solo"]
     return [
         sys.executable, "-m", "celery", "-A", "labelq.worker", "worker",
         *pool,

@@ -1,10 +1,13 @@
 """The worker: task bodies bound to the task contract, and the per-process runtime.
 
 ``celery -A labelq.worker worker`` works as is; ``labelq worker --devices ...``
-(see :mod:`labelq.launcher`) starts one solo-pool process per device, pinned with
-``CUDA_VISIBLE_DEVICES``. Models load once per process, after any fork: in the
-process itself for the solo and threads pools, in each child for prefork. A worker
-whose models do not load does not consume: it exits non-zero with one line.
+(see :mod:`labelq.launcher`) starts one process per device, pinned with
+``CUDA_VISIBLE_DEVICES``, whose threads pool works on ``LABELQ_CHUNKS_IN_FLIGHT``
+chunks at once through one engine: one chunk's objects are fetched and decoded
+while another's batches are on the model, so the pipeline does not drain between
+chunks. Models load once per process, after any fork: in the process itself for the
+solo and threads pools, in each child for prefork. A worker whose models do not
+load does not consume: it exits non-zero with one line.
 
 A task acknowledges its chunk only when every record of it is written. A failure that
 is not about one object (a model that does not load, a store that cannot be reached,
@@ -57,6 +60,8 @@ class Runtime:
         self.records = self.services.records
         self.classifiers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # chunks in flight write one at a time (stores need not be thread-safe)
+        self._engine_lock = threading.Lock()
         self.metrics = None
         if settings.metrics_port:
             from .metrics import Metrics
@@ -108,14 +113,15 @@ class Runtime:
         return clf
 
     def _engine(self, classifiers: list[Any]) -> Any:
+        """The bulk engine, shared by the chunks in flight (each runs inside ``engine.using``)."""
         from .engine import Engine
 
-        if self.engine is None:
-            observe = self.metrics.observe_stage if self.metrics is not None else None
-            self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name, observe=observe,
-                                 raise_worker_faults=True)
-        self.engine.use(classifiers)
-        return self.engine
+        with self._engine_lock:
+            if self.engine is None:
+                observe = self.metrics.observe_stage if self.metrics is not None else None
+                self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name, observe=observe,
+                                     raise_worker_faults=True)
+            return self.engine
 
     def label(self, job: str, refs: list[Any], models: list[str], chunk: str) -> tuple[int, int]:
         """Label one chunk; its records are written (and counted) batch by batch. Returns (images, records)."""
@@ -131,14 +137,15 @@ class Runtime:
         images = written = 0
         start = time.perf_counter()
         moderated = []
-        for records in engine.run((ObjectRef.from_json(r) for r in refs), job=job):
-            items = [(chunk, position[r.uri] * n_models + model_index[r.model], r) for r in records]
-            if per_chunk:
-                buffered.extend(items)
-            else:
-                moderated.append(self.write(job, items, chunk=chunk))
-            images += len(records) // n_models
-            written += len(records)
+        with engine.using(classifiers):
+            for records in engine.run((ObjectRef.from_json(r) for r in refs), job=job):
+                items = [(chunk, position[r.uri] * n_models + model_index[r.model], r) for r in records]
+                if per_chunk:
+                    buffered.extend(items)
+                else:
+                    moderated.append(self.write(job, items, chunk=chunk))
+                images += len(records) // n_models
+                written += len(records)
         if per_chunk and buffered:
             moderated.append(self.write(job, buffered, chunk=chunk))
         for done in moderated:  # the chunk is acknowledged only once its actions ran
@@ -169,8 +176,9 @@ class Runtime:
             if not records:
                 return None
         start = time.perf_counter()
-        self.records.write(records, chunk=chunk)
-        self.book.record(job, items)
+        with self._write_lock:
+            self.records.write(records, chunk=chunk)
+            self.book.record(job, items)
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
@@ -225,7 +233,8 @@ def check_visibility(settings: Settings, model_seconds_per_image: float) -> floa
     chunk; we want it well under half the timeout.
     """
     decode_allowance = 0.02  # seconds per image for fetch + decode on one core (measured ~6-26 ms)
-    expected = settings.chunk_size * (model_seconds_per_image + decode_allowance)
+    # chunks in flight share the model: each takes that many times as long
+    expected = settings.chunk_size * settings.chunks_in_flight * (model_seconds_per_image + decode_allowance)
     if is_redis_url(settings.broker_url) and expected > settings.visibility_timeout / 2:
         logger.warning(
             "visibility_timeout is %ds but a chunk of %d images is expected to take about %.0fs: chunks may be "
