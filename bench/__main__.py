@@ -225,8 +225,9 @@ def _throughput(args: argparse.Namespace) -> int:
     paths = data.files(data.photos("1920x1080", args.images))
     v = distributed.Variant
     one = (("LABELQ_CHUNKS_IN_FLIGHT", "1"),)
-    variants = (distributed.DEFAULT, v("chunks_in_flight=1", one), v("local folder", source="local"),
-                v("chunks_in_flight=1, local folder", one, source="local"))
+    obstore = (("LABELQ_S3_CLIENT", "obstore"),)
+    variants = (distributed.DEFAULT, v("chunks_in_flight=1", one), v("s3_client=obstore", obstore),
+                v("local folder", source="local"), v("chunks_in_flight=1, local folder", one, source="local"))
     log(f"throughput: {args.images} images 1920x1080, {args.model}, batch {args.batch}, {cores()} cores")
     got = distributed.measure(str(data.model(args.model)), paths, batch_size=args.batch, repeat=args.repeat,
                               variants=variants, embedded=True)
@@ -235,9 +236,11 @@ def _throughput(args: argparse.Namespace) -> int:
     for name, pair in got.items():
         res["measures"][name] = {k: m.to_dict() for k, m in pair.items()}
     ips = {name: pair["job"].ips for name, pair in got.items()}
-    rows = [("labelq run, local folder", ips["embedded local"], None), ("labelq run, moto S3", ips["embedded s3"], None)]
+    rows = [("labelq run, local folder", ips["embedded local"], None), ("labelq run, moto S3", ips["embedded s3"], None),
+            ("labelq run, moto S3, s3_client=obstore", ips["embedded s3 obstore"], None)]
     for variant in variants:
-        base = ips["embedded local"] if variant.source == "local" else ips["embedded s3"]
+        base = {"local": ips["embedded local"]}.get(variant.source) or (
+            ips["embedded s3 obstore"] if "obstore" in variant.name else ips["embedded s3"])
         rows.append((f"distributed, {variant.name} ({variant.source})", ips[variant.name], ips[variant.name] / base))
     print("\n| mode | img/s (job clock) | × labelq run on the same source | × labelq run, local folder |")
     print("|---|---:|---:|---:|")

@@ -86,6 +86,10 @@ def measure(model: str, paths: list[Path], *, batch_size: int, repeat: int,
             over_s3 = labelq_run(Path(model), "s3://bench/run/", repeat=repeat, batch_size=batch_size,  # type: ignore[arg-type]
                                  name="labelq run, moto S3", s3_endpoint_url=moto.endpoint_url, s3_region="us-east-1")
             out["embedded local"], out["embedded s3"] = {"job": local}, {"job": over_s3}
+            out["embedded s3 obstore"] = {"job": labelq_run(
+                Path(model), "s3://bench/run/", repeat=repeat, batch_size=batch_size,  # type: ignore[arg-type]
+                name="labelq run, moto S3, obstore", s3_endpoint_url=moto.endpoint_url, s3_region="us-east-1",
+                s3_client="obstore")}
         for variant in variants:
             out[variant.name] = _variant(variant, model, paths, redis, moto, batch_size=batch_size, repeat=repeat)
             out[variant.name]["job"].extra.update({"upload_s": round(upload_s, 1), "s3_fetch_alone": fetch})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -188,11 +189,15 @@ class S3Store:
         self.max_bytes = settings.max_bytes
         self.attempts = settings.s3_max_attempts
         self.client = client if client is not None else make_s3_client(settings)
+        self._gets = ObstoreGets(settings) if settings.s3_client == "obstore" else None
 
     def fetch(self, ref: ObjectRef) -> bytes:
         bucket, key = split_s3(ref.uri)
         if ref.size is not None and ref.size > self.max_bytes:
             raise TooLarge(f"object is {ref.size} bytes, over the limit of {self.max_bytes} (LABELQ_MAX_BYTES)")
+        if self._gets is not None and ObstoreGets.can_name(key):
+            gets = self._gets
+            return with_backoff(lambda: gets.get(bucket, key, self.max_bytes), self.attempts, what=ref.uri)
         return with_backoff(lambda: self._get(bucket, key), self.attempts, what=ref.uri)
 
     def _get(self, bucket: str, key: str) -> bytes:
@@ -229,6 +234,104 @@ class S3Store:
 
 class _Transient(StorageError):
     """A failure worth another try (5xx, throttling, timeouts, dropped connections)."""
+
+
+class ObstoreGets:
+    """Object GETs through obstore (Rust ``object_store``), for ``LABELQ_S3_CLIENT=obstore``.
+
+    About 3x less client CPU per GET than boto3 (docs/benchmarks.md, "Object clients"). The
+    credentials are boto3's: its whole chain (environment, profiles, SSO, instance and container
+    roles) through ``obstore.auth.boto3.Boto3CredentialProvider``, refreshed as boto3 refreshes
+    them; endpoint, region and timeouts are the same settings as boto3's. Errors map to the same
+    kinds; transient ones are retried by :func:`with_backoff` like boto3's.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        try:
+            import obstore  # noqa: F401
+        except ImportError:
+            raise WorkerFault("LABELQ_S3_CLIENT=obstore but obstore is not installed: pip install 'labelq[obstore]'") \
+                from None
+        self.settings = settings
+        self._stores: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._credentials: Any = None
+
+    def _store(self, bucket: str) -> Any:
+        with self._lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                store = self._stores[bucket] = self._make(bucket)
+            return store
+
+    def _make(self, bucket: str) -> Any:
+        from datetime import timedelta
+
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+        from obstore.store import S3Store as ObStore
+
+        s = self.settings
+        if self._credentials is None:
+            try:
+                self._credentials = Boto3CredentialProvider(boto3.session.Session())
+            except ValueError:  # boto3's chain found nothing
+                raise WorkerFault(f"s3://{bucket}: this worker has no S3 credentials") from None
+        session_region = boto3.session.Session().region_name
+        config: dict[str, Any] = {"region": s.s3_region or session_region or "us-east-1"}
+        if s.s3_endpoint_url:
+            config["endpoint"] = s.s3_endpoint_url
+            config["virtual_hosted_style_request"] = False  # path style, as boto3 does for custom endpoints
+        client = {"allow_http": bool(s.s3_endpoint_url and s.s3_endpoint_url.startswith("http://")),
+                  "connect_timeout": timedelta(seconds=s.s3_connect_timeout),
+                  "timeout": timedelta(seconds=s.s3_read_timeout + s.s3_connect_timeout)}
+        retry = {"max_retries": 1, "retry_timeout": timedelta(seconds=s.s3_read_timeout)}
+        return ObStore(bucket, config=config, client_options=client, retry_config=retry,  # type: ignore[arg-type]
+                       credential_provider=self._credentials)
+
+    @staticmethod
+    def can_name(key: str) -> bool:
+        """object_store paths have no empty, ``.`` or ``..`` segments; such keys (legal in S3) go through boto3."""
+        return all(part not in ("", ".", "..") for part in key.split("/"))
+
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        import obstore
+
+        uri = f"s3://{bucket}/{key}"
+        try:
+            result = obstore.get(self._store(bucket), key)
+            size = result.meta["size"]
+            data = None if size > max_bytes else bytes(result.bytes())
+        except WorkerFault:
+            raise
+        except Exception as exc:  # noqa: BLE001 - obstore's errors carry the S3 code and HTTP status in the text
+            raise _ob_error(uri, exc) from None
+        if data is None:
+            raise TooLarge(f"object is {size} bytes, over the limit of {max_bytes} (LABELQ_MAX_BYTES)")
+        return data
+
+
+_OB_CODE = re.compile(r"<Code>(\w+)</Code>")
+_OB_STATUS = re.compile(r"status code: (\d{3})")
+
+
+def _ob_error(uri: str, exc: BaseException) -> Exception:
+    """An obstore error as labelq's kind, from the S3 error code and HTTP status its message carries."""
+    from obstore import exceptions as ox
+
+    text = str(exc)
+    code = (m.group(1) if (m := _OB_CODE.search(text)) else "")
+    status = int(m.group(1)) if (m := _OB_STATUS.search(text)) else None
+    line = f"{code or status or type(exc).__name__}"
+    if code in _CREDENTIAL_CODES or isinstance(exc, ox.UnauthenticatedError) or status == 401:
+        return WorkerFault(f"{uri}: {line}: this worker's S3 credentials are refused")
+    if isinstance(exc, FileNotFoundError) or code in ("NoSuchKey", "NoSuchBucket") or status == 404:
+        return NotFound(f"{uri}: {code or 'NotFound'}")
+    if isinstance(exc, PermissionError) or code in ("AccessDenied", "Forbidden") or status == 403:
+        return AccessDenied(f"{uri}: {code or 'AccessDenied'}")
+    if code in _RETRYABLE_S3 or status is None or status >= 500 or status == 429:
+        return _Transient(f"{uri}: {line}: {' '.join(text.split())[:200]}")  # 5xx, throttling, connections
+    return StorageError(f"{uri}: {line}")
 
 
 # Codes that say the caller's credentials are wrong, whatever object it asks for.
@@ -275,6 +378,10 @@ def make_s3_client(settings: Settings) -> Any:
 
     config = Config(
         retries={"total_max_attempts": 2, "mode": "standard"},
+        # botocore >= 1.36 computes CRCs of every GET's body by default: ~15% of its client CPU per GET
+        # (docs/benchmarks.md, "Object clients"); TCP and TLS already protect the bytes in transit.
+        response_checksum_validation="when_required",
+        request_checksum_calculation="when_required",
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=max(10, settings.fetch_threads, settings.list_workers + 2),

@@ -101,9 +101,13 @@ def test_unreachable_endpoint() -> None:
 # ---------------------------------------------------------------- fetch
 
 
-def test_fetch_and_errors(s3_server: Any, s3_client: Any, s3_bucket: str) -> None:
+CLIENTS = pytest.mark.parametrize("client", ["boto3", "obstore"])  # LABELQ_S3_CLIENT: GETs, same kinds
+
+
+@CLIENTS
+def test_fetch_and_errors(s3_server: Any, s3_client: Any, s3_bucket: str, client: str) -> None:
     put_many(s3_client, s3_bucket, {"a.jpg": b"abc" * 10, "gone.jpg": b"soon deleted"})
-    stores = Stores(settings_for(s3_server, max_bytes=30))
+    stores = Stores(settings_for(s3_server, max_bytes=30, s3_client=client))
     listed = {r.uri: r for r in iter_source(parse_source(f"s3://{s3_bucket}"), stores)}
     a, gone = listed[f"s3://{s3_bucket}/a.jpg"], listed[f"s3://{s3_bucket}/gone.jpg"]
     assert stores.fetch(a) == b"abc" * 10
@@ -112,24 +116,26 @@ def test_fetch_and_errors(s3_server: Any, s3_client: Any, s3_bucket: str) -> Non
     assert kind_of(stores, gone) == "not_found"
     assert kind_of(stores, ObjectRef(f"s3://labelq-no-such-bucket/{'x'}.jpg")) == "not_found"
 
-    small = Stores(settings_for(s3_server, max_bytes=29))
+    small = Stores(settings_for(s3_server, max_bytes=29, s3_client=client))
     assert kind_of(small, a) == "too_large"  # from the listed size, before any GET
     assert kind_of(small, ObjectRef(a.uri)) == "too_large"  # size unknown: from the response
 
 
-def test_odd_keys_round_trip(s3_server: Any, s3_client: Any, s3_bucket: str) -> None:
+@CLIENTS
+def test_odd_keys_round_trip(s3_server: Any, s3_client: Any, s3_bucket: str, client: str) -> None:
     keys = ["dir/a b.jpg", "dir/ünï cödé.jpg", "dir/100%.jpg", "dir/x#y?z.jpg", "dir/a+b.jpg", "dir//double.jpg"]
     put_many(s3_client, s3_bucket, {k: k.encode() for k in keys})
-    stores = Stores(settings_for(s3_server))
+    stores = Stores(settings_for(s3_server, s3_client=client))
     refs = list(iter_source(parse_source(f"s3://{s3_bucket}/dir/"), stores))
     assert len(refs) == len(keys)
     assert sorted(stores.fetch(r).decode() for r in refs) == sorted(keys)
 
 
-def test_key_with_a_leading_slash_round_trips(s3_server: Any, s3_client: Any, s3_bucket: str) -> None:
+@CLIENTS
+def test_key_with_a_leading_slash_round_trips(s3_server: Any, s3_client: Any, s3_bucket: str, client: str) -> None:
     # "/photo.jpg" is a legal key; split_s3 strips every leading "/" of the URI path, so it fetches "photo.jpg".
     put_many(s3_client, s3_bucket, {"/photo.jpg": b"leading slash"})
-    stores = Stores(settings_for(s3_server))
+    stores = Stores(settings_for(s3_server, s3_client=client))
     refs = list(iter_source(parse_source(f"s3://{s3_bucket}"), stores))
     assert len(refs) == 1
     assert stores.fetch(refs[0]) == b"leading slash"
@@ -152,6 +158,39 @@ def test_access_denied(moto_auth: AuthMoto) -> None:
         assert kind_of(store, ref) == "access_denied"
         with pytest.raises(UsageError, match="cannot list"):
             list(store.list(bucket, "", SUFFIXES))
+
+
+def test_obstore_gets_take_boto3s_credential_chain(moto_auth: AuthMoto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LABELQ_S3_CLIENT=obstore: credentials from boto3's chain (here the environment), the same error kinds.
+
+    A user without a policy is access_denied (per object); a key S3 does not know, or a wrong secret, is a
+    WorkerFault (this worker cannot read anything: its chunk goes back to the queue); no credentials too.
+    """
+    from labelq.errors import WorkerFault
+
+    bucket = moto_auth.bucket
+    moto_auth.client(moto_auth.reader).put_object(Bucket=bucket, Key="a.jpg", Body=b"a")
+    settings = Settings(s3_endpoint_url=moto_auth.endpoint_url, s3_region="us-east-1", s3_client="obstore",
+                        s3_max_attempts=1)
+    ref = ObjectRef(f"s3://{bucket}/a.jpg")
+
+    def store_as(creds: Credentials | None) -> S3Store:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        if creds is not None:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds.access_key)
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds.secret_key)
+        return S3Store(settings, client=object())  # GETs never touch the boto3 client
+
+    assert store_as(moto_auth.reader).fetch(ref) == b"a"
+    assert kind_of(store_as(moto_auth.nobody), ref) == "access_denied"
+    for creds in (Credentials("AKIAEXAMPLEUNKNOWN00", "x" * 40), Credentials(moto_auth.reader.access_key, "y" * 40),
+                  None):
+        with pytest.raises(WorkerFault):
+            store_as(creds).fetch(ref)
 
 
 def test_bucket_policy_deny_is_access_denied(moto_auth: AuthMoto) -> None:

@@ -81,10 +81,11 @@ def _store(endpoint: str, **overrides: Any) -> S3Store:
 REF = ObjectRef("s3://bucket/photos/a.jpg")
 
 
-def test_transient_5xx_is_retried_then_succeeds(faulty_s3: tuple[str, _Script]) -> None:
+@pytest.mark.parametrize("client", ["boto3", "obstore"])
+def test_transient_5xx_is_retried_then_succeeds(faulty_s3: tuple[str, _Script], client: str) -> None:
     endpoint, script = faulty_s3
     script.answers = [503, 500, 503]
-    assert _store(endpoint, s3_max_attempts=5).fetch(REF) == BODY
+    assert _store(endpoint, s3_max_attempts=5, s3_client=client).fetch(REF) == BODY
     assert script.requests == 4  # three failures, then the answer
 
 
@@ -111,13 +112,26 @@ def test_timeouts_are_retried_then_storage_error(faulty_s3: tuple[str, _Script])
     assert script.requests >= 2
 
 
-def test_not_found_and_access_denied_are_not_retried(faulty_s3: tuple[str, _Script]) -> None:
+@pytest.mark.parametrize("client", ["boto3", "obstore"])
+def test_not_found_and_access_denied_are_not_retried(faulty_s3: tuple[str, _Script], client: str) -> None:
     endpoint, script = faulty_s3
     script.answers = [404]
     with pytest.raises(NotFound):
-        _store(endpoint).fetch(REF)
+        _store(endpoint, s3_client=client).fetch(REF)
     assert script.requests == 1
     script.answers = [403]
     with pytest.raises(AccessDenied):
-        _store(endpoint).fetch(REF)
+        _store(endpoint, s3_client=client).fetch(REF)
     assert script.requests == 2
+
+
+def test_obstore_persistent_5xx_and_stalls_become_storage_errors(faulty_s3: tuple[str, _Script]) -> None:
+    endpoint, script = faulty_s3
+    script.answers = [503] * 50
+    with pytest.raises(StorageError, match="gave up after 3 attempts") as info:
+        _store(endpoint, s3_max_attempts=3, s3_client="obstore").fetch(REF)
+    assert info.value.kind == "storage_error"
+    assert script.requests == 6  # obstore tries twice per call (max_retries 1), labelq three calls
+    script.answers = ["stall"] * 10
+    with pytest.raises(StorageError):
+        _store(endpoint, s3_max_attempts=2, s3_read_timeout=0.5, s3_connect_timeout=0.5, s3_client="obstore").fetch(REF)
