@@ -50,7 +50,7 @@ WORKDIR /src
 # Dependencies first (a layer that survives source edits): metadata plus an empty package.
 COPY pyproject.toml README.md ./
 RUN mkdir labelq && touch labelq/__init__.py \
- && pip install -c /opt/labelq/torch-constraints.txt . \
+ && pip install -c /opt/labelq/torch-constraints.txt ".[obstore]" \
  && pip uninstall -y labelq
 COPY labelq ./labelq
 RUN pip install --no-deps -c /opt/labelq/torch-constraints.txt . \

@@ -195,6 +195,8 @@ def test_sigterm_finishes_the_current_chunk_and_nothing_is_redelivered(up: Pair,
     uris = pair.upload("term", photo_bytes[400:496])
     pair.enqueue("term", job)
     task_id, chunk = pair.wait_in_flight(pair.w1, job)
+    # `labelq worker` works on LABELQ_CHUNKS_IN_FLIGHT (2) chunks at once: the second decodes beside the first
+    wait_until(lambda: len(pair.w1.in_flight()) == 2, timeout=20, what="two chunks in flight on w1", every=0.02)
     time.sleep(0.3)
     assert task_id in pair.w1.in_flight()
     held = unacked_chunks(pair.db.client)
@@ -203,7 +205,7 @@ def test_sigterm_finishes_the_current_chunk_and_nothing_is_redelivered(up: Pair,
     assert code == 0, pair.w1.tail()
     log = pair.w1.text(since_start=True)
     finished = [c for j, c, _, _ in pair.w1.chunks_done(since_start=True) if j == job]
-    assert chunk.chunk in holding
+    assert chunk.chunk in holding and len(holding) == 2
     assert holding <= set(finished), f"{holding - set(finished)} not finished before the worker stopped\n{log[-3000:]}"
     assert set(finished[-len(holding):]) == holding  # the last ones it finished: it took no new one after the signal
     assert "Warm shutdown" in log
