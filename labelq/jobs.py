@@ -215,6 +215,14 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 'ok'
 """
 
+# KEYS: waiting zset. ARGV: how many entries the broker's queue accounts for. Forget the oldest others.
+_TRIM_WAITING_LUA = """
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if extra <= 0 then return 0 end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+return extra
+"""
+
 # KEYS: job. ARGV: total, expected, now. Listing is over: record totals, maybe finish at once.
 _FINISH_LISTING_LUA = _FINISH + """
 redis.call('HSET', KEYS[1], 'total', ARGV[1], 'expected', ARGV[2], 'state', 'running')
@@ -344,6 +352,7 @@ class JobBook:
         self._skipped = redis.register_script(_SKIPPED_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
         self._reserve = redis.register_script(_RESERVE_LUA)
+        self._trim_waiting = redis.register_script(_TRIM_WAITING_LUA)
         self._finish = redis.register_script(_FINISH_LISTING_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
@@ -386,6 +395,19 @@ class JobBook:
         """A place in the queue for a chunk: ``ok``, ``full`` (wait), ``waiting`` or ``done`` (already sent)."""
         out = self._reserve(keys=[keys.CHUNKS, keys.job_chunks_done(job_id)], args=[chunk, bound, time.time()])
         return out.decode() if isinstance(out, bytes) else str(out)
+
+    def waiting(self) -> int:
+        """Chunks counted as waiting in the broker (all jobs): what the queue bound compares with."""
+        return int(self.redis.zcard(keys.CHUNKS))
+
+    def trim_waiting(self, in_queue: int) -> int:
+        """Forget the oldest waiting entries beyond the ``in_queue`` messages the broker holds; how many.
+
+        An entry leaves when a worker starts its chunk. One whose message is gone without a start
+        (a purged queue, a flushed or restarted broker) would count against the bound for ever;
+        queues are first in, first out, so such entries are the oldest ones.
+        """
+        return int(self._trim_waiting(keys=[keys.CHUNKS], args=[max(0, in_queue)]))
 
     def unreserve(self, chunk: str) -> None:
         """A chunk that could not be published does not wait."""

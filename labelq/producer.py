@@ -165,7 +165,7 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
             # "done": a producer killed before it moved the cursor published this very chunk, and a worker
             # labelled it. "waiting": it reserved the chunk's place, and may or may not have published it before
             # it died: publish (again); a second copy has the same task id and runs once (JobBook.started).
-            if _reserve(book, job_id, cid, settings, token, wait_for_room) in ("ok", "waiting"):
+            if _reserve(book, job_id, cid, settings, token, wait_for_room, app=app) in ("ok", "waiting"):
                 try:
                     publish(app, settings, job_id, todo, models, cid, priority)
                 except BaseException:
@@ -205,13 +205,33 @@ def _replay(pairs: Iterator[tuple[ObjectRef, str]], cursor: str, seen: set[str])
     yield from pairs
 
 
-def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: str, wait_for_room: bool) -> str:
-    """A place in the bounded queue; waits (renewing the lease) while it is full."""
+RECOUNT_S = 10.0  # while the queue is full, compare the waiting count with the broker's queue this often
+
+
+def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: str, wait_for_room: bool,
+             *, app: Any = None) -> str:
+    """A place in the bounded queue; waits (renewing the lease) while it is full.
+
+    When full, the waiting count is checked against the messages the broker's queue really holds
+    (then every ``RECOUNT_S`` seconds): entries of messages lost without a worker starting them (a
+    purged queue, a broker that lost its data) are forgotten, so the bound never blocks for ever.
+    """
     delay = 0.05
+    recount_at = 0.0
     while True:
         got = book.reserve(job_id, cid, settings.max_queued_chunks)
         if got != "full":
             return got
+        if app is not None and time.monotonic() >= recount_at:
+            recount_at = time.monotonic() + RECOUNT_S
+            in_queue = queued_messages(app, settings.queue)
+            if in_queue is not None and in_queue < book.waiting():
+                gone = book.trim_waiting(in_queue)
+                if gone:
+                    logger.warning("%d chunks counted as waiting were not in the broker's queue %r (purged, or the "
+                                   "broker lost them); no longer counted against LABELQ_MAX_QUEUED_CHUNKS", gone,
+                                   settings.queue)
+                    continue
         if not wait_for_room:
             raise QueueFull(cid)
         if not book.renew(job_id, token, LEASE_S):
@@ -254,6 +274,18 @@ def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: An
     if sent:
         logger.info("job %s: re-enqueued %d objects", job_id, sent)
     return sent
+
+
+def queued_messages(app: Any, queue: str) -> int | None:
+    """Messages ready in the broker's queue (all priorities), or None when the broker cannot say."""
+    try:
+        with app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "code", None) == 404 or "NOT_FOUND" in str(exc):
+            return 0  # no such queue (Redis drops an empty one): nothing waits in it
+        logger.debug("cannot count the messages in %s: %s", queue, exc)  # a broker down: do not guess
+        return None
 
 
 def publish(app: Any, settings: Settings, job: str, refs: Sequence[ObjectRef], models: Sequence[str],

@@ -349,3 +349,31 @@ def test_a_chunk_published_twice_is_labelled_once(book: JobBook, redis_client: A
     book.chunk_done(job, f"{job}:7")
     assert book.started(job, f"{job}:7") is True  # a duplicate after it finished: skip
     assert book.started(job, f"{job}:8") is False
+
+
+def test_waiting_entries_whose_messages_the_broker_lost_stop_counting_against_the_bound(
+        book: JobBook, redis_client: Any, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A purged queue (or a broker that lost its data) must not hold the bound full for ever."""
+    from labelq.config import Settings
+    from labelq.producer import QueueFull, _reserve, publish, queued_messages
+    from labelq.storage import ObjectRef
+    from labelq.tasks import make_app
+
+    settings = Settings(broker_url=redis_url, max_queued_chunks=4, queue="labelq-bound-test")
+    app = make_app(settings)
+    opened(book, "A")
+    assert queued_messages(app, settings.queue) == 0  # no such queue yet: nothing waits
+    for i in range(4):
+        assert _reserve(book, "A", f"A:{i}", settings, "token", False, app=app) == "ok"
+        publish(app, settings, "A", [ObjectRef(f"s3://bkt/{i}.jpg")], list(MODELS[:1]), f"A:{i}")
+    assert queued_messages(app, settings.queue) == 4
+    with pytest.raises(QueueFull):  # the broker holds all four: the bound is real, nothing is forgotten
+        _reserve(book, "A", "A:4", settings, "token", False, app=app)
+    assert book.waiting() == 4
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(settings.queue)  # an operator purges the queue
+    with caplog.at_level("WARNING", logger="labelq.producer"):
+        assert _reserve(book, "A", "A:4", settings, "token", False, app=app) == "ok"
+    assert "4 chunks counted as waiting were not in the broker's queue" in caplog.text
+    assert redis_client.zrange(keys.CHUNKS, 0, -1) == [b"A:4"]
