@@ -396,6 +396,10 @@ class JobBook:
         out = self._reserve(keys=[keys.CHUNKS, keys.job_chunks_done(job_id)], args=[chunk, bound, time.time()])
         return out.decode() if isinstance(out, bytes) else str(out)
 
+    def waiting(self) -> int:
+        """Chunks counted as waiting in the broker (all jobs): what the queue bound compares with."""
+        return int(self.redis.zcard(keys.CHUNKS))
+
     def trim_waiting(self, in_queue: int) -> int:
         """Forget the oldest waiting entries beyond the ``in_queue`` messages the broker holds; how many.
 

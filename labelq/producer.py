@@ -209,7 +209,7 @@ RECOUNT_S = 10.0  # while the queue is full, compare the waiting count with the 
 
 
 def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: str, wait_for_room: bool,
-             *, app: Any) -> str:
+             *, app: Any = None) -> str:
     """A place in the bounded queue; waits (renewing the lease) while it is full.
 
     When full, the waiting count is checked against the messages the broker's queue really holds
@@ -222,15 +222,16 @@ def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: st
         got = book.reserve(job_id, cid, settings.max_queued_chunks)
         if got != "full":
             return got
-        if time.monotonic() >= recount_at:
+        if app is not None and time.monotonic() >= recount_at:
             recount_at = time.monotonic() + RECOUNT_S
             in_queue = queued_messages(app, settings.queue)
-            gone = book.trim_waiting(in_queue) if in_queue is not None else 0
-            if gone:
-                logger.warning("%d chunks counted as waiting were not in the broker's queue %r (purged, or the "
-                               "broker lost them); no longer counted against LABELQ_MAX_QUEUED_CHUNKS", gone,
-                               settings.queue)
-                continue
+            if in_queue is not None and in_queue < book.waiting():
+                gone = book.trim_waiting(in_queue)
+                if gone:
+                    logger.warning("%d chunks counted as waiting were not in the broker's queue %r (purged, or the "
+                                   "broker lost them); no longer counted against LABELQ_MAX_QUEUED_CHUNKS", gone,
+                                   settings.queue)
+                    continue
         if not wait_for_room:
             raise QueueFull(cid)
         if not book.renew(job_id, token, LEASE_S):
