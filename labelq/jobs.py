@@ -215,9 +215,12 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 'ok'
 """
 
-# KEYS: waiting zset. ARGV: how many entries the broker's queue accounts for. Forget the oldest others.
+# KEYS: waiting zset. ARGV: messages in the broker's queue, cut-off time. Entries reserved before the
+# cut-off are published (or their producer died): each is in the queue or its chunk started (which
+# removes it). Those the queue cannot account for are forgotten, oldest first. Younger entries may
+# be reserved but not yet published, so they are never compared.
 _TRIM_WAITING_LUA = """
-local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+local extra = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[2]) - tonumber(ARGV[1])
 if extra <= 0 then return 0 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
 return extra
@@ -396,18 +399,18 @@ class JobBook:
         out = self._reserve(keys=[keys.CHUNKS, keys.job_chunks_done(job_id)], args=[chunk, bound, time.time()])
         return out.decode() if isinstance(out, bytes) else str(out)
 
-    def waiting(self) -> int:
-        """Chunks counted as waiting in the broker (all jobs): what the queue bound compares with."""
-        return int(self.redis.zcard(keys.CHUNKS))
-
-    def trim_waiting(self, in_queue: int) -> int:
-        """Forget the oldest waiting entries beyond the ``in_queue`` messages the broker holds; how many.
+    def trim_waiting(self, in_queue: int, *, older_than: float) -> int:
+        """Forget waiting entries reserved more than ``older_than`` seconds ago beyond the ``in_queue``
+        messages the broker holds (oldest first); how many.
 
         An entry leaves when a worker starts its chunk. One whose message is gone without a start
         (a purged queue, a flushed or restarted broker) would count against the bound for ever;
-        queues are first in, first out, so such entries are the oldest ones.
+        queues are first in, first out, so such entries are the oldest ones. Entries younger than
+        ``older_than`` are left alone: their producer may not have published them yet, and counting
+        them against the broker's queue would let two producers pass the bound.
         """
-        return int(self._trim_waiting(keys=[keys.CHUNKS], args=[max(0, in_queue)]))
+        cutoff = time.time() - older_than
+        return int(self._trim_waiting(keys=[keys.CHUNKS], args=[max(0, in_queue), repr(cutoff)]))
 
     def unreserve(self, chunk: str) -> None:
         """A chunk that could not be published does not wait."""

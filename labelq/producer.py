@@ -206,15 +206,17 @@ def _replay(pairs: Iterator[tuple[ObjectRef, str]], cursor: str, seen: set[str])
 
 
 RECOUNT_S = 10.0  # while the queue is full, compare the waiting count with the broker's queue this often
+PUBLISHED_AFTER_S = 60.0  # a waiting entry this old has been published (or its producer is gone)
 
 
 def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: str, wait_for_room: bool,
-             *, app: Any = None) -> str:
+             *, app: Any) -> str:
     """A place in the bounded queue; waits (renewing the lease) while it is full.
 
-    When full, the waiting count is checked against the messages the broker's queue really holds
-    (then every ``RECOUNT_S`` seconds): entries of messages lost without a worker starting them (a
-    purged queue, a broker that lost its data) are forgotten, so the bound never blocks for ever.
+    When full, the waiting entries older than ``PUBLISHED_AFTER_S`` are checked against the messages
+    the broker's queue really holds (then every ``RECOUNT_S`` seconds): entries of messages lost
+    without a worker starting them (a purged queue, a broker that lost its data) are forgotten, so
+    the bound never blocks for ever.
     """
     delay = 0.05
     recount_at = 0.0
@@ -222,11 +224,11 @@ def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: st
         got = book.reserve(job_id, cid, settings.max_queued_chunks)
         if got != "full":
             return got
-        if app is not None and time.monotonic() >= recount_at:
+        if time.monotonic() >= recount_at:
             recount_at = time.monotonic() + RECOUNT_S
             in_queue = queued_messages(app, settings.queue)
-            if in_queue is not None and in_queue < book.waiting():
-                gone = book.trim_waiting(in_queue)
+            if in_queue is not None:
+                gone = book.trim_waiting(in_queue, older_than=PUBLISHED_AFTER_S)
                 if gone:
                     logger.warning("%d chunks counted as waiting were not in the broker's queue %r (purged, or the "
                                    "broker lost them); no longer counted against LABELQ_MAX_QUEUED_CHUNKS", gone,

@@ -352,13 +352,16 @@ def test_a_chunk_published_twice_is_labelled_once(book: JobBook, redis_client: A
 
 
 def test_waiting_entries_whose_messages_the_broker_lost_stop_counting_against_the_bound(
-        book: JobBook, redis_client: Any, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+        book: JobBook, redis_client: Any, redis_url: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A purged queue (or a broker that lost its data) must not hold the bound full for ever."""
+    from labelq import producer
     from labelq.config import Settings
     from labelq.producer import QueueFull, _reserve, publish, queued_messages
     from labelq.storage import ObjectRef
     from labelq.tasks import make_app
 
+    monkeypatch.setattr(producer, "PUBLISHED_AFTER_S", 0.3)
     settings = Settings(broker_url=redis_url, max_queued_chunks=4, queue="labelq-bound-test")
     app = make_app(settings)
     opened(book, "A")
@@ -367,9 +370,10 @@ def test_waiting_entries_whose_messages_the_broker_lost_stop_counting_against_th
         assert _reserve(book, "A", f"A:{i}", settings, "token", False, app=app) == "ok"
         publish(app, settings, "A", [ObjectRef(f"s3://bkt/{i}.jpg")], list(MODELS[:1]), f"A:{i}")
     assert queued_messages(app, settings.queue) == 4
+    time.sleep(0.4)
     with pytest.raises(QueueFull):  # the broker holds all four: the bound is real, nothing is forgotten
         _reserve(book, "A", "A:4", settings, "token", False, app=app)
-    assert book.waiting() == 4
+    assert redis_client.zcard(keys.CHUNKS) == 4
 
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(settings.queue)  # an operator purges the queue
@@ -377,3 +381,28 @@ def test_waiting_entries_whose_messages_the_broker_lost_stop_counting_against_th
         assert _reserve(book, "A", "A:4", settings, "token", False, app=app) == "ok"
     assert "4 chunks counted as waiting were not in the broker's queue" in caplog.text
     assert redis_client.zrange(keys.CHUNKS, 0, -1) == [b"A:4"]
+
+
+def test_a_chunk_reserved_but_not_yet_published_by_another_producer_still_counts(
+        book: JobBook, redis_client: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two producers race for the bound: B finds the queue full while A has reserved its place but
+    not yet published. The broker holds one message fewer than the count; B must not take A's place."""
+    from labelq import producer
+    from labelq.config import Settings
+    from labelq.producer import QueueFull, _reserve, publish, queued_messages
+    from labelq.storage import ObjectRef
+    from labelq.tasks import make_app
+
+    monkeypatch.setattr(producer, "PUBLISHED_AFTER_S", 0.3)
+    settings = Settings(broker_url=redis_url, max_queued_chunks=3, queue="labelq-race-test")
+    app = make_app(settings)
+    opened(book, "A")
+    for i in range(2):
+        assert _reserve(book, "A", f"A:{i}", settings, "token", False, app=app) == "ok"
+        publish(app, settings, "A", [ObjectRef(f"s3://bkt/{i}.jpg")], list(MODELS[:1]), f"A:{i}")
+    time.sleep(0.4)  # the published ones are old enough to be compared with the broker's queue
+    assert _reserve(book, "A", "A:2", settings, "token", False, app=app) == "ok"  # A's publish is in flight
+    assert queued_messages(app, settings.queue) == 2
+    with pytest.raises(QueueFull):
+        _reserve(book, "B", "B:0", settings, "token", False, app=app)
+    assert redis_client.zcard(keys.CHUNKS) == 3
