@@ -59,9 +59,8 @@ class Runtime:
         self.book = self.services.book
         self.records = self.services.records
         self.classifiers: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what is made on first use: classifiers, the engine, the batcher
         self._write_lock = threading.Lock()  # chunks in flight write one at a time (stores need not be thread-safe)
-        self._engine_lock = threading.Lock()
         self.metrics = None
         if settings.metrics_port:
             from .metrics import Metrics
@@ -116,7 +115,7 @@ class Runtime:
         """The bulk engine, shared by the chunks in flight (each runs inside ``engine.using``)."""
         from .engine import Engine
 
-        with self._engine_lock:
+        with self._lock:
             if self.engine is None:
                 observe = self.metrics.observe_stage if self.metrics is not None else None
                 self.engine = Engine(classifiers, self._stores, self.settings, worker=self.name, observe=observe,
