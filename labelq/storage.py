@@ -272,13 +272,13 @@ class ObstoreGets:
         from obstore.store import S3Store as ObStore
 
         s = self.settings
+        session = boto3.session.Session()
         if self._credentials is None:
             try:
-                self._credentials = Boto3CredentialProvider(boto3.session.Session())
+                self._credentials = Boto3CredentialProvider(session)
             except ValueError:  # boto3's chain found nothing
                 raise WorkerFault(f"s3://{bucket}: this worker has no S3 credentials") from None
-        session_region = boto3.session.Session().region_name
-        config: dict[str, Any] = {"region": s.s3_region or session_region or "us-east-1"}
+        config: dict[str, Any] = {"region": s.s3_region or session.region_name or "us-east-1"}
         if s.s3_endpoint_url:
             config["endpoint"] = s.s3_endpoint_url
             config["virtual_hosted_style_request"] = False  # path style, as boto3 does for custom endpoints
@@ -323,12 +323,15 @@ def _ob_error(uri: str, exc: BaseException) -> Exception:
     code = (m.group(1) if (m := _OB_CODE.search(text)) else "")
     status = int(m.group(1)) if (m := _OB_STATUS.search(text)) else None
     line = f"{code or status or type(exc).__name__}"
-    if code in _CREDENTIAL_CODES or isinstance(exc, ox.UnauthenticatedError) or status == 401:
+    known = _by_code(uri, code)
+    if known is not None:
+        return known
+    if isinstance(exc, ox.UnauthenticatedError) or status == 401:
         return WorkerFault(f"{uri}: {line}: this worker's S3 credentials are refused")
-    if isinstance(exc, FileNotFoundError) or code in ("NoSuchKey", "NoSuchBucket") or status == 404:
-        return NotFound(f"{uri}: {code or 'NotFound'}")
-    if isinstance(exc, PermissionError) or code in ("AccessDenied", "Forbidden") or status == 403:
-        return AccessDenied(f"{uri}: {code or 'AccessDenied'}")
+    if isinstance(exc, FileNotFoundError) or status == 404:
+        return NotFound(f"{uri}: NotFound")
+    if isinstance(exc, PermissionError) or status == 403:
+        return AccessDenied(f"{uri}: AccessDenied")
     if code in _RETRYABLE_S3 or status is None or status >= 500 or status == 429:
         return _Transient(f"{uri}: {line}: {' '.join(text.split())[:200]}")  # 5xx, throttling, connections
     return StorageError(f"{uri}: {line}")
@@ -339,16 +342,24 @@ _CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToke
                      "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed")
 
 
-def s3_error(exc: Any, uri: str) -> Exception:
-    """Map a botocore ClientError to a typed error."""
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+def _by_code(uri: str, code: str) -> Exception | None:
+    """The kinds an S3 error code alone decides (boto3 and obstore): not found, refused credentials, denied."""
     if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
         return NotFound(f"{uri}: {code}")
     if code in _CREDENTIAL_CODES:
         return WorkerFault(f"{uri}: {code}: this worker's S3 credentials are refused")
     if code in ("AccessDenied", "403", "Forbidden"):
         return AccessDenied(f"{uri}: {code}")
+    return None
+
+
+def s3_error(exc: Any, uri: str) -> Exception:
+    """Map a botocore ClientError to a typed error."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    known = _by_code(uri, code)
+    if known is not None:
+        return known
     if code in _RETRYABLE_S3 or (status is not None and status >= 500):
         return _Transient(f"{uri}: {code or status}")
     return StorageError(f"{uri}: {code or status}: {exc}")
