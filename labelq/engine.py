@@ -233,71 +233,63 @@ class Engine:
     def submit(self, ref: ObjectRef) -> Future[Item]:
         """Start fetching and decoding one object; the future never raises.
 
-        Remote objects are fetched in the I/O pool, then decoded in the CPU pool. A local file
-        is read and decoded in one CPU-pool task: a page-cache read needs no thread of its own,
-        and sixteen I/O threads contending for the GIL cost more than the read.
+        Remote objects are fetched in the I/O pool, then decoded in the decode processes when
+        there are any, else in the CPU pool. Without decode processes a local file is read and
+        decoded in one CPU-pool task: a page-cache read needs no thread of its own, and sixteen
+        I/O threads contending for the GIL cost more than the read.
         """
-        if self._feed is not None and not self._feed.broken:
-            return self._submit_feed(ref, self._feed)
-        if ref.uri.startswith("file://"):
+        feed = self._feed if self._feed is not None and not self._feed.broken else None
+        if feed is None and ref.uri.startswith("file://"):
             return self._decode_pool.submit(self._fetch_decode, ref)
         out: Future[Item] = Future()
 
-        def decoded(df: Future[Item]) -> None:
-            out.set_result(df.result())
-
         def fetched(ff: Future[bytes]) -> None:
             data = _fetched(ref, ff, out)
-            if data is None:
-                return
-            try:
-                self._decode_pool.submit(self._decode, ref, data).add_done_callback(decoded)
-            except RuntimeError as exc:  # pool shut down
-                out.set_result(Item(ref, error=StorageError(f"engine closed: {exc}")))
+            if data is not None:
+                self._decode_into(out, ref, data, feed)
 
         self._fetch_pool.submit(self._fetch, ref).add_done_callback(fetched)
         return out
 
-    def _submit_feed(self, ref: ObjectRef, feed: DecodePool) -> Future[Item]:
-        """Fetch in the I/O pool (local files too), decode in the decode processes."""
-        out: Future[Item] = Future()
+    def _decode_into(self, out: Future[Item], ref: ObjectRef, data: bytes, feed: DecodePool | None) -> None:
+        """Decode fetched bytes into ``out``: in the decode processes when given, else in the CPU pool.
 
-        def in_threads(data: bytes) -> None:  # the processes cannot run here (PoolBroken): decode as before
-            self._decode_pool.submit(self._decode, ref, data).add_done_callback(lambda f: out.set_result(f.result()))
-
-        def decoded(df: Future[tuple[list[np.ndarray], float]], data: bytes) -> None:
+        Never raises and never loses an item: a broken or failing process pool falls back to a thread.
+        """
+        if feed is not None:
             try:
-                pixels, seconds = df.result()
-            except LabelqError as exc:
-                out.set_result(Item(ref, error=exc))
+                feed.submit(data).add_done_callback(lambda df: self._fed(out, ref, data, df, feed))
                 return
             except PoolBroken:
-                in_threads(data)
-                return
-            except Exception as exc:  # noqa: BLE001 - per item, never per batch
-                out.set_result(Item(ref, error=_as_corrupt(exc)))
-                return
-            self.stats.add_time("decode", seconds)
-            if self.observe is not None:
-                self.observe("decode", seconds, 1)
-            out.set_result(Item(ref, dict(zip(feed.geometries, pixels, strict=True))))
-
-        def fetched(ff: Future[bytes]) -> None:
-            data = _fetched(ref, ff, out)
-            if data is None:
-                return
-            try:
-                feed.submit(data).add_done_callback(lambda df: decoded(df, data))
-            except PoolBroken:
-                in_threads(data)
+                pass
             except RuntimeError as exc:  # pool closed
                 out.set_result(Item(ref, error=StorageError(f"engine closed: {exc}")))
-            except Exception:  # never lose an item to the feed: decode it in a thread
+                return
+            except Exception:  # never lose an item to the feed
                 logger.exception("decode pool failed; decoding %s in a thread", ref.uri)
-                in_threads(data)
+        try:
+            self._decode_pool.submit(self._decode, ref, data).add_done_callback(lambda f: out.set_result(f.result()))
+        except RuntimeError as exc:  # pool shut down
+            out.set_result(Item(ref, error=StorageError(f"engine closed: {exc}")))
 
-        self._fetch_pool.submit(self._fetch, ref).add_done_callback(fetched)
-        return out
+    def _fed(self, out: Future[Item], ref: ObjectRef, data: bytes,
+             df: Future[tuple[list[np.ndarray], float]], feed: DecodePool) -> None:
+        """A decode process's answer: the item's pixels per geometry, or its error (per item, never per batch)."""
+        try:
+            pixels, seconds = df.result()
+        except LabelqError as exc:
+            out.set_result(Item(ref, error=exc))
+            return
+        except PoolBroken:  # the processes cannot run here: decode in a thread as before
+            self._decode_into(out, ref, data, None)
+            return
+        except Exception as exc:  # noqa: BLE001
+            out.set_result(Item(ref, error=_as_corrupt(exc)))
+            return
+        self.stats.add_time("decode", seconds)
+        if self.observe is not None:
+            self.observe("decode", seconds, 1)
+        out.set_result(Item(ref, dict(zip(feed.geometries, pixels, strict=True))))
 
     # ------------------------------------------------------------------ pipeline
 

@@ -43,11 +43,14 @@ def _handler(script: _Script) -> type[http.server.BaseHTTPRequestHandler]:
                 time.sleep(3)
                 answer = 200
             if answer == 200:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(BODY)))
-                self.send_header("ETag", '"abc"')
-                self.end_headers()
-                self.wfile.write(BODY)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(BODY)))
+                    self.send_header("ETag", '"abc"')
+                    self.end_headers()
+                    self.wfile.write(BODY)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # after a stall the client has given up: that is the point of the stall
                 return
             codes = {403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 503: "SlowDown"}
             xml = f"<Error><Code>{codes[answer]}</Code><Message>scripted</Message></Error>".encode()
