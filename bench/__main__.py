@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--model", choices=("mobilenetv3", "vit"), default="mobilenetv3")
     tp.add_argument("--images", type=int, default=1024)
     tp.add_argument("--batch", type=int, default=32)
-    tp.add_argument("--repeat", type=int, default=3)
+    tp.add_argument("--repeat", type=int, default=5, help="interleaved rounds")
     jp = sub.add_parser("decoders", help="JPEG decoders (Pillow full/draft, simplejpeg, pyvips) on one thread: "
                         "ms/img and fidelity vs the models' processors")
     jp.add_argument("--images", type=int, default=None,
@@ -219,34 +219,34 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _throughput(args: argparse.Namespace) -> int:
-    """Issue 14's first target in one run: the distributed path against `labelq run` on the same objects."""
+    """Issue 14's first target in one run: the distributed path against `labelq run` on the same objects.
+
+    Interleaved rounds (distributed.paired): every mode once per round, ratios taken within a round.
+    """
     from . import data, distributed
 
     paths = data.files(data.photos("1920x1080", args.images))
-    v = distributed.Variant
+    v, e = distributed.Variant, distributed.Embedded
     one = (("LABELQ_CHUNKS_IN_FLIGHT", "1"),)
     obstore = (("LABELQ_S3_CLIENT", "obstore"),)
-    variants = (distributed.DEFAULT, v("chunks_in_flight=1", one), v("s3_client=obstore", obstore),
-                v("local folder", source="local"), v("chunks_in_flight=1, local folder", one, source="local"))
-    log(f"throughput: {args.images} images 1920x1080, {args.model}, batch {args.batch}, {cores()} cores")
-    got = distributed.measure(str(data.model(args.model)), paths, batch_size=args.batch, repeat=args.repeat,
-                              variants=variants, embedded=True)
+    embedded = (e("labelq run, moto S3"), e("labelq run, moto S3, obstore", settings=(("s3_client", "obstore"),)),
+                e("labelq run, local folder", source="local"))
+    variants = ((distributed.DEFAULT, "labelq run, moto S3"), (v("chunks_in_flight=1", one), "labelq run, moto S3"),
+                (v("s3_client=obstore", obstore), "labelq run, moto S3, obstore"),
+                (v("local folder", source="local"), "labelq run, local folder"),
+                (v("chunks_in_flight=1, local folder", one, source="local"), "labelq run, local folder"))
+    log(f"throughput: {args.images} images 1920x1080, {args.model}, batch {args.batch}, {cores()} cores, "
+        f"{args.repeat} interleaved rounds")
+    got = distributed.paired(str(data.model(args.model)), paths, batch_size=args.batch, rounds=args.repeat,
+                             embedded=embedded, variants=variants)
     res: dict[str, Any] = {"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:]),
-                           "images": len(paths), "model": args.model, "batch": args.batch, "measures": {}}
-    for name, pair in got.items():
-        res["measures"][name] = {k: m.to_dict() for k, m in pair.items()}
-    ips = {name: pair["job"].ips for name, pair in got.items()}
-    rows = [("labelq run, local folder", ips["embedded local"], None), ("labelq run, moto S3", ips["embedded s3"], None),
-            ("labelq run, moto S3, s3_client=obstore", ips["embedded s3 obstore"], None)]
-    for variant in variants:
-        base = {"local": ips["embedded local"]}.get(variant.source) or (
-            ips["embedded s3 obstore"] if "obstore" in variant.name else ips["embedded s3"])
-        rows.append((f"distributed, {variant.name} ({variant.source})", ips[variant.name], ips[variant.name] / base))
-    print("\n| mode | img/s (job clock) | × labelq run on the same source | × labelq run, local folder |")
+                           "model": args.model, "batch": args.batch, **got}
+    print("\n| mode | img/s, median (min–max) | × its `labelq run`, median of rounds (min–max) | worker CPU s |")
     print("|---|---:|---:|---:|")
-    for name, rate, same in rows:
-        print(f"| {name} | {rate:.1f} | {'' if same is None else f'{same:.2f}'} | {rate / ips['embedded local']:.2f} |")
-    res["rows"] = [{"mode": n, "ips": round(r, 2), "vs_same_source": same and round(same, 3)} for n, r, same in rows]
+    for name, m in got["modes"].items():
+        ratio = f"{m['ratio_median']:.2f} ({m['ratio_min']:.2f}–{m['ratio_max']:.2f}) vs {m['vs']}" if "vs" in m else ""
+        print(f"| {name} | {m['ips_median']:.1f} ({m['ips_min']:.0f}–{m['ips_max']:.0f}) | {ratio} | "
+              f"{m.get('worker_cpu_s_median', '')} |")
     write_json(OUT / f"throughput-{args.model}.json", res)
     print(f"wrote {OUT / f'throughput-{args.model}.json'}")
     return 0

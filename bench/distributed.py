@@ -61,12 +61,8 @@ DEFAULT = Variant("defaults")
 
 
 def measure(model: str, paths: list[Path], *, batch_size: int, repeat: int,
-            variants: tuple[Variant, ...] = (DEFAULT,), embedded: bool = False) -> dict[str, dict[str, Measure]]:
-    """Each variant: a fresh ``labelq worker``, a warm-up job, then ``repeat`` timed jobs of every image.
-
-    ``embedded``: also ``labelq run`` in this process on the same objects, from the folder and from
-    the same moto bucket (keys ``embedded local`` and ``embedded s3``), first, in the same run.
-    """
+            variants: tuple[Variant, ...] = (DEFAULT,)) -> dict[str, dict[str, Measure]]:
+    """Each variant: a fresh ``labelq worker``, a warm-up job, then ``repeat`` timed jobs of every image."""
     out: dict[str, dict[str, Measure]] = {}
     with Redis("dist-redis") as redis, Moto() as moto:
         s3 = moto.client()
@@ -78,26 +74,108 @@ def measure(model: str, paths: list[Path], *, batch_size: int, repeat: int,
         fetch = _fetch_alone(s3, [f"run/{p.name}" for p in paths], moto)
         log(f"    S3 (moto over HTTP) fetch alone, 16 threads: {fetch['images_per_s']:.0f} img/s, "
             f"{fetch['moto_cpu_ms_per_image']:.1f} ms of moto CPU per image")
-        if embedded:
-            from .modes import labelq_run
-
-            local = labelq_run(Path(model), paths[0].parent, repeat=repeat, batch_size=batch_size,
-                               name="labelq run, local folder")
-            over_s3 = labelq_run(Path(model), "s3://bench/run/", repeat=repeat, batch_size=batch_size,  # type: ignore[arg-type]
-                                 name="labelq run, moto S3", s3_endpoint_url=moto.endpoint_url, s3_region="us-east-1")
-            out["embedded local"], out["embedded s3"] = {"job": local}, {"job": over_s3}
-            out["embedded s3 obstore"] = {"job": labelq_run(
-                Path(model), "s3://bench/run/", repeat=repeat, batch_size=batch_size,  # type: ignore[arg-type]
-                name="labelq run, moto S3, obstore", s3_endpoint_url=moto.endpoint_url, s3_region="us-east-1",
-                s3_client="obstore")}
         for variant in variants:
             out[variant.name] = _variant(variant, model, paths, redis, moto, batch_size=batch_size, repeat=repeat)
             out[variant.name]["job"].extra.update({"upload_s": round(upload_s, 1), "s3_fetch_alone": fetch})
     return out
 
 
-def _variant(variant: Variant, model: str, paths: list[Path], redis: Redis, moto: Moto, *, batch_size: int,
-             repeat: int) -> dict[str, Measure]:
+@dataclass(frozen=True)
+class Embedded:
+    """``labelq run`` in this process: from the moto bucket (``source="s3"``) or the folder."""
+
+    name: str
+    source: str = "s3"
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embedded: tuple[Embedded, ...],
+           variants: tuple[tuple[Variant, str], ...]) -> dict[str, Any]:
+    """Interleaved rounds: each round runs every mode once, in a rotating order, on the same objects.
+
+    A worker per variant is started first (each on its own queue, warmed up, idle while the others
+    run), so a round is seconds long and the machine's drift (this VM's speed moves by ±20% over
+    minutes) hits every mode of a round alike. ``variants`` pairs each with the embedded mode it is
+    compared with; the ratio is taken within each round, and its median and range are reported.
+    ``labelq run`` is timed from before its listing (its summary clock plus the listing's opening),
+    like a job's clock, which starts when the producer creates the job.
+    """
+    from labelq.embedded import run_embedded
+
+    from .modes import _tmp_db, settings, torch_threads
+
+    with Redis("dist-redis") as redis, Moto() as moto:
+        s3 = moto.client()
+        s3.create_bucket(Bucket=BUCKET)
+        _upload(s3, paths, "run")
+        _upload(s3, paths[: min(len(paths), 2 * batch_size)], "warmup")
+        client = redis.client()
+        workers: dict[str, tuple[Proc, dict[str, str], str]] = {}
+        try:
+            for i, (variant, _) in enumerate(variants):
+                workers[variant.name] = _start_worker(variant, model, paths, redis, moto, batch_size=batch_size,
+                                                      queue=f"labelq-v{i}")
+            for variant, _ in variants:  # warm up each (model load, first batches) before any timing
+                worker, env, _source = workers[variant.name]
+                _enqueue(env, "s3://bench/warmup/", f"bench-warmup-{variant.name}")
+            names = [e.name for e in embedded] + [v.name for v, _ in variants]
+            seconds: dict[str, list[float]] = {n: [] for n in names}
+            cpu: dict[str, list[dict[str, float]]] = {v.name: [] for v, _ in variants}
+            for r in range(rounds):
+                order = names[r % len(names):] + names[: r % len(names)]
+                for name in order:
+                    _clear_labelq(client)
+                    settle()
+                    emb = next((e for e in embedded if e.name == name), None)
+                    if emb is not None:
+                        source = "s3://bench/run/" if emb.source == "s3" else str(paths[0].parent)
+                        extra = {"s3_endpoint_url": moto.endpoint_url, "s3_region": "us-east-1"} if emb.source == "s3" \
+                            else {}
+                        with _tmp_db() as db, torch_threads(None):
+                            summary = run_embedded(source, settings(Path(model), db_url=db, batch_size=batch_size,
+                                                                    **extra, **dict(emb.settings)),
+                                                   force=True, progress=False)
+                        if summary.errors or summary.images != len(paths):
+                            raise RuntimeError(f"labelq run: {summary.images} images, errors {dict(summary.errors)}")
+                        seconds[name].append(summary.seconds + summary.opening_seconds)
+                    else:
+                        worker, env, source = workers[name]
+                        before = {"moto": moto.proc.cpu_seconds(), "worker": worker.cpu_seconds()}
+                        job = f"bench-{r}-{names.index(name)}"
+                        _enqueue(env, source, job)
+                        seconds[name].append(_job_seconds(client, job, len(paths)))
+                        cpu[name].append({"moto": moto.proc.cpu_seconds() - before["moto"],
+                                          "worker": worker.cpu_seconds() - before["worker"]})
+                log(f"    round {r + 1}/{rounds}: " + ", ".join(f"{n} {len(paths) / seconds[n][-1]:.0f}" for n in names))
+        finally:
+            for worker, _, _ in workers.values():
+                worker.stop()
+    out: dict[str, Any] = {"images": len(paths), "rounds": rounds, "seconds": seconds, "modes": {}}
+    for name in names:
+        ips = sorted(len(paths) / t for t in seconds[name])
+        out["modes"][name] = {"ips_median": round(ips[len(ips) // 2], 1), "ips_min": round(ips[0], 1),
+                              "ips_max": round(ips[-1], 1)}
+        if name in cpu:
+            per = [c["worker"] for c in cpu[name]]
+            out["modes"][name]["worker_cpu_s_median"] = round(sorted(per)[len(per) // 2], 2)
+    for variant, base in variants:
+        ratios = sorted(b / v for v, b in zip(seconds[variant.name], seconds[base], strict=True))
+        out["modes"][variant.name].update({"vs": base, "ratio_median": round(ratios[len(ratios) // 2], 3),
+                                           "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3)})
+    return out
+
+
+def _job_seconds(client: Any, job: str, images: int) -> float:
+    """A finished job's own clock: ``created_at`` → ``finished_at``."""
+    info = {k.decode(): v.decode() for k, v in client.hgetall(f"labelq:job:{job}").items()}
+    if info.get("state") != "done" or int(info.get("ok", 0)) != images:
+        raise RuntimeError(f"distributed job did not finish cleanly: {info}")
+    return _parse(info["finished_at"]) - _parse(info["created_at"])
+
+
+def _start_worker(variant: Variant, model: str, paths: list[Path], redis: Redis, moto: Moto, *, batch_size: int,
+                  queue: str | None = None) -> tuple[Proc, dict[str, str], str]:
+    """A ``labelq worker`` for the variant, ready; with its environment (for ``enqueue``) and source."""
     env = dict(os.environ)
     env.update({
         "LABELQ_BROKER_URL": redis.url,
@@ -109,18 +187,26 @@ def _variant(variant: Variant, model: str, paths: list[Path], redis: Redis, moto
         "LABELQ_LOG_LEVEL": "WARNING",
         "LABELQ_LOCAL_ROOT": str(paths[0].parent),
     })
+    if queue:
+        env["LABELQ_QUEUE"] = queue
     env.update(dict(variant.env))
     source = "s3://bench/run/" if variant.source == "s3" else str(paths[0].parent)
     argv = [sys.executable, "-m", "labelq", "worker", "--devices", "cpu", "--loglevel", "INFO"]
     if variant.pool:  # what `labelq worker` runs, with another pool (see labelq.launcher.child_command)
         env.setdefault("LABELQ_WORKER_NAME", f"cpu@{socket.gethostname()}")
         argv = [sys.executable, "-m", "celery", "-A", variant.app, "worker", "--pool", *variant.pool,
-                "-n", env["LABELQ_WORKER_NAME"], "-Q", "labelq", "--loglevel", "INFO", "--without-gossip",
+                "-n", env["LABELQ_WORKER_NAME"], "-Q", queue or "labelq", "--loglevel", "INFO", "--without-gossip",
                 "--without-mingle"]
-    worker = Proc(argv, "dist-worker", env=env)
+    worker = Proc(argv, f"dist-worker-{queue or 'labelq'}", env=env)
+    wait_until(lambda: b" ready" in worker.log.read_bytes(), timeout=180, what="labelq worker", alive=worker.alive)
+    return worker, env, source
+
+
+def _variant(variant: Variant, model: str, paths: list[Path], redis: Redis, moto: Moto, *, batch_size: int,
+             repeat: int) -> dict[str, Measure]:
+    worker, env, source = _start_worker(variant, model, paths, redis, moto, batch_size=batch_size)
     client = redis.client()
     try:
-        wait_until(lambda: b" ready" in worker.log.read_bytes(), timeout=180, what="labelq worker", alive=worker.alive)
         _clear_labelq(client)
         _enqueue(env, "s3://bench/warmup/", "bench-warmup")
         runs_job, runs_wall, cpu, foreign = [], [], [], []
@@ -142,10 +228,7 @@ def _variant(variant: Variant, model: str, paths: list[Path], redis: Redis, moto
             _enqueue(env, source, f"bench-run-{i}")
             runs_wall.append(time.perf_counter() - t0)
             foreign.append(round(probe.foreign_cores(), 2))
-            job = {k.decode(): v.decode() for k, v in client.hgetall(f"labelq:job:bench-run-{i}").items()}
-            if job.get("state") != "done" or int(job.get("ok", 0)) != len(paths):
-                raise RuntimeError(f"distributed job did not finish cleanly: {job}")
-            runs_job.append(_parse(job["finished_at"]) - _parse(job["created_at"]))
+            runs_job.append(_job_seconds(client, f"bench-run-{i}", len(paths)))
             cpu.append({"moto": moto.proc.cpu_seconds() - before["moto"],
                         "redis": redis.proc.cpu_seconds() - before["redis"],
                         "worker": worker.cpu_seconds() - before["worker"]})

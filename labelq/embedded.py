@@ -43,6 +43,7 @@ class Summary:
     records: int = 0  # written in this run
     skipped: int = 0  # already done: their stored records were kept (and written to --out)
     seconds: float = 0.0  # after the models were loaded
+    opening_seconds: float = 0.0  # opening the listing (a count, or the first page), before the models load
     labels: dict[str, Counter[str]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     out_file: Path | None = None
@@ -127,11 +128,13 @@ def run_embedded(
     job = job or default_job(source)
     stores = Stores(settings, local_root=local_root_for(source, settings))
     # List before loading anything heavy: a missing or empty source is an error in a second.
+    opening = time.perf_counter()
     listing, total = _open_listing(source, stores)
+    opening = time.perf_counter() - opening
     for name in settings.models:
         check_model(name)  # every model name, before the first (slow) load
     store = SQLStore(settings.db_url)
-    summary = Summary(job=job, out_file=out_file)
+    summary = Summary(job=job, out_file=out_file, opening_seconds=opening)
     try:
         return _label(listing, total, store, settings, summary, fmt=fmt, force=force, progress=progress,
                       console=console, stores=stores)
