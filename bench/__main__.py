@@ -241,12 +241,13 @@ def _throughput(args: argparse.Namespace) -> int:
                              embedded=embedded, variants=variants)
     res: dict[str, Any] = {"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:]),
                            "model": args.model, "batch": args.batch, **got}
-    print("\n| mode | img/s, median (min–max) | × its `labelq run`, median of rounds (min–max) | worker CPU s |")
-    print("|---|---:|---:|---:|")
+    print("\n| mode | img/s, median (min–max) | × its `labelq run`, median of rounds (min–max) "
+          "| labelq CPU s (worker or run) | moto CPU s |")
+    print("|---|---:|---:|---:|---:|")
     for name, m in got["modes"].items():
         ratio = f"{m['ratio_median']:.2f} ({m['ratio_min']:.2f}–{m['ratio_max']:.2f}) vs {m['vs']}" if "vs" in m else ""
         print(f"| {name} | {m['ips_median']:.1f} ({m['ips_min']:.0f}–{m['ips_max']:.0f}) | {ratio} | "
-              f"{m.get('worker_cpu_s_median', '')} |")
+              f"{m['worker_cpu_s_median']} | {m['moto_cpu_s_median']} |")
     write_json(OUT / f"throughput-{args.model}.json", res)
     print(f"wrote {OUT / f'throughput-{args.model}.json'}")
     return 0

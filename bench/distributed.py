@@ -120,7 +120,7 @@ def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embed
                 _enqueue(env, "s3://bench/warmup/", f"bench-warmup-{variant.name}")
             names = [e.name for e in embedded] + [v.name for v, _ in variants]
             seconds: dict[str, list[float]] = {n: [] for n in names}
-            cpu: dict[str, list[dict[str, float]]] = {v.name: [] for v, _ in variants}
+            cpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
             for r in range(rounds):
                 order = names[r % len(names):] + names[: r % len(names)]
                 for name in order:
@@ -131,6 +131,7 @@ def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embed
                         source = "s3://bench/run/" if emb.source == "s3" else str(paths[0].parent)
                         extra = {"s3_endpoint_url": moto.endpoint_url, "s3_region": "us-east-1"} if emb.source == "s3" \
                             else {}
+                        before = {"moto": moto.proc.cpu_seconds(), "worker": time.process_time()}
                         with _tmp_db() as db, torch_threads(None):
                             summary = run_embedded(source, settings(Path(model), db_url=db, batch_size=batch_size,
                                                                     **extra, **dict(emb.settings)),
@@ -138,6 +139,8 @@ def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embed
                         if summary.errors or summary.images != len(paths):
                             raise RuntimeError(f"labelq run: {summary.images} images, errors {dict(summary.errors)}")
                         seconds[name].append(summary.seconds + summary.opening_seconds)
+                        cpu[name].append({"moto": moto.proc.cpu_seconds() - before["moto"],  # this process: the run
+                                          "worker": time.process_time() - before["worker"]})
                     else:
                         worker, env, source = workers[name]
                         before = {"moto": moto.proc.cpu_seconds(), "worker": worker.cpu_seconds()}
@@ -155,9 +158,9 @@ def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embed
         ips = sorted(len(paths) / t for t in seconds[name])
         out["modes"][name] = {"ips_median": round(ips[len(ips) // 2], 1), "ips_min": round(ips[0], 1),
                               "ips_max": round(ips[-1], 1)}
-        if name in cpu:
-            per = [c["worker"] for c in cpu[name]]
-            out["modes"][name]["worker_cpu_s_median"] = round(sorted(per)[len(per) // 2], 2)
+        for who in ("worker", "moto"):  # the worker's CPU, or labelq run's (this process) for an embedded mode
+            per = sorted(c[who] for c in cpu[name])
+            out["modes"][name][f"{who}_cpu_s_median"] = round(per[len(per) // 2], 2)
     for variant, base in variants:
         ratios = sorted(b / v for v, b in zip(seconds[variant.name], seconds[base], strict=True))
         out["modes"][variant.name].update({"vs": base, "ratio_median": round(ratios[len(ratios) // 2], 3),
