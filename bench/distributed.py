@@ -1,7 +1,7 @@
 """The distributed path: own Redis, moto S3 over HTTP, one ``labelq worker``, ``labelq enqueue --wait``.
 
 Images are uploaded to a bucket on the moto server; the worker is
-``python -m labelq worker --devices cpu`` (one solo-pool Celery process); each
+``python -m labelq worker --devices cpu`` (one Celery process, LABELQ_CHUNKS_IN_FLIGHT task threads); each
 timed run is ``python -m labelq enqueue s3://bench/PREFIX --job NAME --wait`` as a
 subprocess, after a warm-up job. Variants restart the worker with other settings or
 environment (prototypes), or read the same files from a folder instead of S3, which
@@ -9,6 +9,9 @@ shows what the storage endpoint (moto: Python, on the same two cores) costs. Two
 ``finished_at`` in Redis, what a long job converges to) and the wall time of the
 ``enqueue --wait`` command (adds its start-up, ~1 s, and its 0.5 s polling).
 CPU seconds of moto, Redis and the worker during each run say who used the cores.
+
+``measure`` runs each variant's jobs back to back; ``paired`` (``python -m bench throughput``) interleaves
+every mode, ``labelq run`` included, round by round, and takes each ratio within a round.
 """
 
 from __future__ import annotations
