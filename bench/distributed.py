@@ -43,6 +43,15 @@ def _upload(s3: Any, paths: list[Path], prefix: str) -> None:
         list(pool.map(lambda p: s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{p.name}", Body=p.read_bytes()), paths))
 
 
+def _bucket(moto: Moto, paths: list[Path], batch_size: int) -> Any:
+    """The bench bucket on moto with every image under ``run/`` and a warm-up set under ``warmup/``; its client."""
+    s3 = moto.client()
+    s3.create_bucket(Bucket=BUCKET)
+    _upload(s3, paths, "run")
+    _upload(s3, paths[: min(len(paths), 2 * batch_size)], "warmup")
+    return s3
+
+
 def _clear_labelq(client: Any) -> None:
     """Forget labelq's records and jobs (Celery's own keys stay, so the worker keeps its queue)."""
     for key in client.scan_iter(match="labelq:*", count=1000):
@@ -68,11 +77,8 @@ def measure(model: str, paths: list[Path], *, batch_size: int, repeat: int,
     """Each variant: a fresh ``labelq worker``, a warm-up job, then ``repeat`` timed jobs of every image."""
     out: dict[str, dict[str, Measure]] = {}
     with Redis("dist-redis") as redis, Moto() as moto:
-        s3 = moto.client()
-        s3.create_bucket(Bucket=BUCKET)
         start = time.perf_counter()
-        _upload(s3, paths, "run")
-        _upload(s3, paths[: min(len(paths), 2 * batch_size)], "warmup")
+        s3 = _bucket(moto, paths, batch_size)
         upload_s = time.perf_counter() - start
         fetch = _fetch_alone(s3, [f"run/{p.name}" for p in paths], moto)
         log(f"    S3 (moto over HTTP) fetch alone, 16 threads: {fetch['images_per_s']:.0f} img/s, "
@@ -107,11 +113,9 @@ def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embed
 
     from .modes import _tmp_db, settings, torch_threads
 
+    by_name = {e.name: e for e in embedded}
     with Redis("dist-redis") as redis, Moto() as moto:
-        s3 = moto.client()
-        s3.create_bucket(Bucket=BUCKET)
-        _upload(s3, paths, "run")
-        _upload(s3, paths[: min(len(paths), 2 * batch_size)], "warmup")
+        _bucket(moto, paths, batch_size)
         client = redis.client()
         workers: dict[str, tuple[Proc, dict[str, str], str]] = {}
         try:
@@ -129,7 +133,7 @@ def paired(model: str, paths: list[Path], *, batch_size: int, rounds: int, embed
                 for name in order:
                     _clear_labelq(client)
                     settle()
-                    emb = next((e for e in embedded if e.name == name), None)
+                    emb = by_name.get(name)
                     if emb is not None:
                         source = "s3://bench/run/" if emb.source == "s3" else str(paths[0].parent)
                         extra = {"s3_endpoint_url": moto.endpoint_url, "s3_region": "us-east-1"} if emb.source == "s3" \

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -191,15 +191,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def labelq_run(model: Path, folder: Path, *, repeat: int, name: str = "labelq run (embedded)",
-               ours: Callable[[], float] = time.process_time, with_listing: bool = False,
                **overrides: Any) -> Measure:
     """``labelq run FOLDER --force`` in this process, timed by its own summary clock.
 
     ``overrides``: settings (``batch_size``, ``torch_threads``, ...). torch's thread count, which
-    labelq sets while loading the model, is put back afterwards. ``ours``: the CPU seconds of this
-    measurement's processes (add a server it reads from, so its work is not taken for another's).
-    ``with_listing``: add the time the listing took to open (the first page of an S3 listing),
-    which the summary clock leaves out, to compare with a job clock that starts before the listing.
+    labelq sets while loading the model, is put back afterwards.
     """
     from labelq.embedded import run_embedded
 
@@ -209,14 +205,14 @@ def labelq_run(model: Path, folder: Path, *, repeat: int, name: str = "labelq ru
     while len(runs) < repeat or (len(runs) < 2 * repeat + 1 and foreign[runs.index(min(runs))] > QUIET["threshold"]):
         settle()
         with _tmp_db() as db, torch_threads(None):
-            probe = Probe(ours)
+            probe = Probe()
             summary = run_embedded(str(folder), settings(model, db_url=db, **overrides), force=True, progress=False)
             foreign.append(round(probe.foreign_cores(), 2))
         if summary.errors:
             raise RuntimeError(f"labelq run produced errors: {dict(summary.errors)}")
         images = summary.images
-        runs.append(summary.seconds + (summary.opening_seconds if with_listing else 0.0))
-    params = {**overrides, **({"clock": "with listing"} if with_listing else {})}
+        runs.append(summary.seconds)
+    params = dict(overrides)
     m = Measure(name, images, runs, params, {"foreign_cores": foreign})
     log(f"  {name:<34} {m.ips:8.1f} img/s  ({images} images, best of {len(runs)}: {m.best_s:.2f}s, others used "
         f"{m.best_foreign:.2f} cores) " + " ".join(f"{k}={v}" for k, v in params.items()))
