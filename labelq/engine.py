@@ -225,7 +225,9 @@ class Engine:
         return self._decode(ref, data)
 
     def _timed(self, stage: str, start: float, items: int = 1) -> None:
-        seconds = time.perf_counter() - start
+        self._spent(stage, time.perf_counter() - start, items)
+
+    def _spent(self, stage: str, seconds: float, items: int = 1) -> None:
         self.stats.add_time(stage, seconds)
         if self.observe is not None:
             self.observe(stage, seconds, items)
@@ -286,9 +288,7 @@ class Engine:
         except Exception as exc:  # noqa: BLE001
             out.set_result(Item(ref, error=_as_corrupt(exc)))
             return
-        self.stats.add_time("decode", seconds)
-        if self.observe is not None:
-            self.observe("decode", seconds, 1)
+        self._spent("decode", seconds)  # timed in the decode process
         out.set_result(Item(ref, dict(zip(feed.geometries, pixels, strict=True))))
 
     # ------------------------------------------------------------------ pipeline
