@@ -10,15 +10,35 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .api import Client, Labels, label
     from .config import Settings, load_settings
-    from .errors import ERROR_KINDS, LabelqError
+    from .errors import ERROR_KINDS, JobFailed, JobStalled, LabelqError, UsageError
     from .records import Record
     from .storage import ObjectRef
 
-__all__ = ["ERROR_KINDS", "LabelqError", "ObjectRef", "Record", "Settings", "load_settings"]
+__all__ = [
+    "ERROR_KINDS",
+    "Client",
+    "JobFailed",
+    "JobStalled",
+    "LabelqError",
+    "Labels",
+    "ObjectRef",
+    "Record",
+    "Settings",
+    "UsageError",
+    "label",
+    "load_settings",
+]
 __version__ = "0.1.0"
 
 _HOME = {
+    "label": "api",
+    "Client": "api",
+    "Labels": "api",
+    "JobFailed": "errors",
+    "JobStalled": "errors",
+    "UsageError": "errors",
     "Settings": "config",
     "load_settings": "config",
     "ERROR_KINDS": "errors",

@@ -203,7 +203,7 @@ def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, 
         if bar is not None:
             bar.advance(summary)
 
-    refs: Iterable[ObjectRef] = listing if force else _skip_done(listing, store, names, revisions, keep)
+    refs: Iterable[ObjectRef] = listing if force else skip_done_keeping(listing, store, names, revisions, keep)
     start = time.perf_counter()
     commit = False  # an --out that is complete, or interrupted (all so far), replaces the old file
     try:
@@ -236,7 +236,7 @@ def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, 
     return summary
 
 
-def _skip_done(refs: Iterable[ObjectRef], store: Any, models: Sequence[str], revisions: dict[str, Any],
+def skip_done_keeping(refs: Iterable[ObjectRef], store: Any, models: Sequence[str], revisions: dict[str, Any],
                keep: Any) -> Iterator[ObjectRef]:
     """Refs not yet done by every model; the stored records of those that are go to ``keep``."""
     from .results import settled

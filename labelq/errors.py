@@ -83,3 +83,25 @@ class UsageError(Exception):
 
     The CLI prints its message as one line on stderr and exits non-zero.
     """
+
+
+class JobFailed(UsageError):
+    """A distributed job finished with dead-lettered chunks (``Client.wait``); ``info`` is its JobInfo.
+
+    ``labelq retry`` / ``Client.retry`` runs them again."""
+
+    def __init__(self, info: object) -> None:
+        self.info = info
+        job = getattr(info, "id", "?")
+        super().__init__(f"job {job} finished with {getattr(info, 'dead_chunks', '?')} dead-lettered chunks "
+                         f"({getattr(info, 'dead', '?')} records not written): retry runs them again")
+
+
+class JobStalled(UsageError):
+    """Nothing moved in a distributed job for ``seconds`` (no worker took a chunk or wrote a record)."""
+
+    def __init__(self, info: object, seconds: float) -> None:
+        self.info = info
+        self.seconds = seconds
+        super().__init__(f"job {getattr(info, 'id', '?')}: nothing moved for {seconds:g}s: is a worker running "
+                         "for its queue and models? (`labelq ping`)")
