@@ -142,7 +142,7 @@ class Run:
 
     def upload(self, key: str, data: bytes) -> tuple[str, float]:
         """put_object, then the bucket event; the object's uri and when the upload completed."""
-        from labelq.storage import s3_uri
+        from labelq.objects import s3_uri
 
         etag = self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="image/jpeg")["ETag"]
         uploaded = time.time()

@@ -53,8 +53,8 @@ def run(model_name: str, model: Path, folder: Path, *, repeat: int, quick: bool,
     from labelq.config import load_settings
     from labelq.engine import Engine
     from labelq.models import load_classifier
+    from labelq.objects import Stores
     from labelq.sources import iter_source, parse_source
-    from labelq.storage import Stores
 
     from .modes import settings as make_settings
 

@@ -183,8 +183,8 @@ class _Counter:
 def measure(make_client: Callable[[], Any], source: str, *, workers: int, repeat: int) -> dict[str, Any]:
     """Best of ``repeat`` full listings: keys, seconds, keys/s, ListObjectsV2 calls, and a hash of the cursors."""
     from labelq.config import Settings
+    from labelq.objects import Stores
     from labelq.sources import iter_listing, parse_source
-    from labelq.storage import Stores
 
     best: dict[str, Any] | None = None
     for _ in range(repeat):

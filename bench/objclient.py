@@ -7,7 +7,7 @@ free port, with 16 concurrent requests (labelq's ``fetch_threads``), best of
 worker pays); moto's own CPU per GET is reported beside it (on these shared cores
 the server is the bottleneck, so GETs/s says less than CPU per GET).
 
-* ``boto3, labelq's client``: ``labelq.storage.S3Store.fetch`` with
+* ``boto3, labelq's client``: ``labelq.objects.S3Store.fetch`` with
   ``make_s3_client`` (standard retries, pool = fetch threads), 16 threads;
 * ``boto3, checksums when_required``: the same client with botocore's response and
   request checksum validation set to ``when_required`` (default since botocore
@@ -31,7 +31,7 @@ BUCKET = "bench"
 
 def _boto3(moto: Any, *, when_required: bool) -> Any:
     from labelq.config import load_settings
-    from labelq.storage import S3Store, make_s3_client
+    from labelq.objects import S3Store, make_s3_client
 
     s = load_settings(models=["x"], s3_endpoint_url=moto.endpoint_url, s3_region="us-east-1")
     client = make_s3_client(s)
@@ -45,7 +45,7 @@ def _boto3(moto: Any, *, when_required: bool) -> Any:
         client = boto3.session.Session().client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1",
                                                 config=cfg)
     store = S3Store(s, client=client)
-    from labelq.storage import ObjectRef
+    from labelq.objects import ObjectRef
 
     def get(key: str) -> int:
         return len(store.fetch(ObjectRef(f"s3://{BUCKET}/{key}", None, None)))

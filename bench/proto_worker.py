@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import labelq.worker as lw
-from labelq.storage import ObjectRef
+from labelq.objects import ObjectRef
 
 app = lw.app
 app.tasks.unregister(lw.TASK)

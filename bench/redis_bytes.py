@@ -167,8 +167,8 @@ def measure(records: list[Record], *, bodies: bool, batch: int, chunk: int = 256
 def measure_queue(records: list[Record], *, chunk: int) -> dict[str, Any]:
     """Publish the records' objects as label_chunk messages (nobody consumes them); bytes per object."""
     from labelq.config import load_settings
+    from labelq.objects import ObjectRef
     from labelq.producer import publish
-    from labelq.storage import ObjectRef
     from labelq.tasks import make_app
 
     with tempfile.TemporaryDirectory(prefix="labelq-redis-bytes-") as tmp, redis_server(Path(tmp)) as client:

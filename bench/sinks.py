@@ -211,8 +211,8 @@ def pg_methods(url: str, server: int, n: int, batches: tuple[int, ...], repeat: 
 
 def skip_rate(url: str, workers: int, per_worker: int, **kwargs: Any) -> dict[str, Any]:
     """settled() over every written object, in listing-order groups of 500: objects checked per second."""
+    from labelq.objects import ObjectRef
     from labelq.results import open_store, settled
-    from labelq.storage import ObjectRef
 
     store = open_store(url, **kwargs)
     refs = [ObjectRef(r.uri, 1, r.etag) for w in range(workers) for r in records(w, per_worker, "x")]

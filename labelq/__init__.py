@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from .api import Client, Labels, label
     from .config import Settings, load_settings
     from .errors import ERROR_KINDS, JobFailed, JobStalled, LabelqError, UsageError
+    from .objects import ObjectRef
     from .records import Record
-    from .storage import ObjectRef
 
 __all__ = [
     "ERROR_KINDS",

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings, load_settings
 from .errors import JobFailed, JobStalled, UsageError
+from .objects import ObjectRef, Stores, file_uri, local_etag
 from .records import Record, arrow_schema
-from .storage import ObjectRef, Stores, file_uri, local_etag
 
 if TYPE_CHECKING:
     import pandas

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     # --- storage
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); default AWS")
     s3_region: str | None = None
+    gcs_project: str | None = Field(None, description="Google Cloud project of gs:// buckets (default: the credentials')")
+    azure_account_url: str | None = Field(
+        None, description="Azure Blob account URL (https://ACCOUNT.blob.core.windows.net) of az:// containers; "
+        "default: AZURE_STORAGE_CONNECTION_STRING, as the Azure SDK reads it")
+    http_allow_private: bool = Field(
+        False, description="let http(s):// URL lists reach private, loopback and link-local addresses (refused by default)")
+    http_max_redirects: int = Field(5, ge=0, le=20, description="redirects followed per http(s):// object")
+    http_per_host: int = Field(8, ge=1, le=256, description="concurrent requests to one host of an http(s):// URL list")
+    http_timeout: float = Field(30.0, gt=0, description="seconds to connect to, then between bytes from, an http(s):// host")
     s3_max_attempts: int = Field(5, ge=1, le=20, description="attempts per S3 call (botocore standard retries)")
     s3_connect_timeout: float = Field(5.0, gt=0, description="seconds")
     s3_read_timeout: float = Field(30.0, gt=0, description="seconds")

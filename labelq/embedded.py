@@ -24,9 +24,9 @@ from typing import Any
 
 from .config import Settings
 from .errors import UsageError
+from .objects import ObjectRef, Stores
 from .records import Record, RecordWriter, format_for
 from .sources import Source, iter_source, parse_source
-from .storage import ObjectRef, Stores
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from .gpudecode import DeviceJpeg, is_plain_jpeg
 from .gpudecode import supported as device_decode_supported
 from .images import Geometry, Limits, decode, open_checked
 from .models import Classifier, Prediction
+from .objects import ObjectRef, Store, with_version
 from .records import Record, utcnow
-from .storage import ObjectRef, Store
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class Engine:
             return Item(ref, error=exc)
         except Exception as exc:  # noqa: BLE001
             return Item(ref, error=StorageError(f"{type(exc).__name__}: {exc}"))
-        return self._decode(ref, data)
+        return self._decode(with_version(ref, data), data)
 
     def _timed(self, stage: str, start: float, items: int = 1) -> None:
         self._spent(stage, time.perf_counter() - start, items)
@@ -248,7 +248,7 @@ class Engine:
         def fetched(ff: Future[bytes]) -> None:
             data = _fetched(ref, ff, out)
             if data is not None:
-                self._decode_into(out, ref, data, feed)
+                self._decode_into(out, with_version(ref, data), data, feed)
 
         self._fetch_pool.submit(self._fetch, ref).add_done_callback(fetched)
         return out

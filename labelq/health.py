@@ -56,8 +56,8 @@ def check_results(settings: Settings) -> Check | None:
 
 def check_storage(settings: Settings, source: str | None) -> Check | None:
     """With a source: list one object of it. Without: reach the S3 endpoint if one is set."""
+    from .objects import Stores
     from .sources import iter_source, parse_source
-    from .storage import Stores
 
     try:
         if source:

@@ -35,7 +35,7 @@ from typing import IO, Any
 from urllib.parse import unquote_plus
 
 from .errors import UsageError
-from .storage import ObjectRef, Stores, kept, s3_error, s3_uri, split_s3
+from .objects import ObjectRef, Stores, kept, s3_error, s3_uri, split_s3
 
 logger = logging.getLogger(__name__)
 

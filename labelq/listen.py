@@ -28,7 +28,7 @@ from urllib.parse import unquote_plus
 from . import keys
 from .config import Settings
 from .jobs import JobBook
-from .storage import ObjectRef, s3_uri, split_s3
+from .objects import ObjectRef, s3_uri, split_s3
 from .tasks import LIVE_TASK
 
 logger = logging.getLogger(__name__)

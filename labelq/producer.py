@@ -27,9 +27,9 @@ from . import keys
 from .config import Settings, redact
 from .errors import RETRYABLE_KINDS, UsageError
 from .jobs import JobBook, JobInfo, chunk_id, new_job_id
+from .objects import ObjectRef, Stores
 from .results import settled
 from .sources import iter_listing, parse_source
-from .storage import ObjectRef, Stores
 from .tasks import CHUNK_TASK
 
 logger = logging.getLogger(__name__)

@@ -1,14 +1,16 @@
 """Sources: what a user names as SOURCE, and its resumable listing.
 
-SOURCE is a folder, ``s3://bucket/prefix``, a manifest (a text file of URIs or paths, one a line), the
-``manifest.json`` of an S3 Inventory report (``s3://`` or local; labelq.inventory), or one image file.
+SOURCE is a folder, a bucket prefix of an object store (``s3://bucket/prefix``, ``gs://bucket/prefix``,
+``az://container/prefix``), a manifest (a text file of URIs — of any store in labelq.objects' scheme
+table, ``https://`` image URLs included — or paths, one a line), the ``manifest.json`` of an S3
+Inventory report (``s3://`` or local; labelq.inventory), or one image file.
 :func:`iter_listing` yields every object as ``(ref, cursor)`` in a deterministic order; listing the
 same source again with ``after=cursor`` yields exactly the objects after that one. A cursor is a plain
 string, meaningful only for the source that made it:
 
 =========== ===================================================================================
 folder      the path relative to the folder, ``/``-separated: ``sub/b.jpg``
-s3          the key: ``prefix/sub/b.jpg`` (ListObjectsV2 ``StartAfter``)
+bucket      the key: ``prefix/sub/b.jpg`` (ListObjectsV2 ``StartAfter``, GCS ``startOffset``)
 manifest    the 1-based number of the line that named the object: ``17``
 inventory   ``PART:ROW``: 0-based index into the report's ``files``, 0-based row in that part
 object      ``1``
@@ -24,9 +26,9 @@ from pathlib import Path
 
 from .config import DEFAULT_SUFFIXES
 from .errors import UsageError
-from .storage import ObjectRef, Stores, file_uri, local_etag, path_of, split_s3, walk_folder
+from .objects import SCHEMES, ObjectRef, Stores, file_uri, local_etag, path_of, scheme_of, store_class, walk_folder
 
-KINDS = ("folder", "s3", "manifest", "inventory", "object")
+KINDS = ("folder", "bucket", "manifest", "inventory", "object")
 HEAD_BYTES = 4096  # bytes of a file read to tell an image from a text manifest
 
 
@@ -48,14 +50,18 @@ def parse_source(text: str, *, suffixes: tuple[str, ...] | list[str] = DEFAULT_S
     A file is one image when its name ends with one of ``suffixes`` or its first bytes are an image's;
     a file named ``*.json`` is an S3 Inventory manifest; any other file must be a text manifest.
     """
-    if text.startswith("s3://"):
-        try:
-            split_s3(text if "/" in text[5:] else text + "/")
-        except ValueError:
-            raise UsageError(f"bad S3 source {text!r}: use s3://bucket or s3://bucket/prefix") from None
-        return Source("inventory" if text.endswith(".json") else "s3", text, None)
-    if "://" in text and not text.startswith("file://"):
-        raise UsageError(f"unsupported source {text!r}: use s3://bucket/prefix, a folder or a manifest file")
+    scheme = scheme_of(text)
+    if scheme and scheme != "file":
+        cls = store_class(scheme)
+        if cls is None or not cls.listable:
+            listable = ", ".join(f"{s}://bucket/prefix" for s in ("s3", "gs", "az"))
+            hint = " (a list of URLs is a manifest: a text file, one URL a line)" if cls is not None else ""
+            raise UsageError(f"unsupported source {text!r}: use {listable}, a folder or a manifest file{hint}")
+        if not text.split("://", 1)[1].split("/", 1)[0]:
+            raise UsageError(f"bad source {text!r}: use {scheme}://bucket or {scheme}://bucket/prefix")
+        if scheme == "s3" and text.endswith(".json"):
+            return Source("inventory", text, None)
+        return Source("bucket", text, None)
     path = path_of(text) if text.startswith("file://") else Path(text).expanduser()
     if path.is_dir():
         return Source("folder", str(path.resolve()), path.resolve())
@@ -82,12 +88,9 @@ def iter_listing(source: Source, stores: Stores, *, after: str | None = None) ->
     suffixes = tuple(stores.settings.suffixes)
     if source.kind == "folder":
         yield from walk_folder(Path(source.location), suffixes, after=after)
-    elif source.kind == "s3":
-        from .listing import list_keys
-
-        bucket, prefix = split_s3(source.location if "/" in source.location[5:] else source.location + "/")
-        yield from list_keys(stores.s3.client, bucket, prefix, suffixes, after=after,
-                             workers=stores.settings.list_workers)
+    elif source.kind == "bucket":
+        yield from stores.store(source.location).list(source.location, suffixes, after=after,
+                                                      workers=stores.settings.list_workers)
     elif source.kind == "inventory":
         from .inventory import iter_inventory
 
@@ -134,10 +137,12 @@ def _manifest(path: Path, after: int) -> Iterator[tuple[ObjectRef, str]]:
             entry, etag = entry.strip(), etag.strip().strip("\"")
             if number <= after or not entry or entry.startswith("#"):
                 continue
-            if entry.startswith(("s3://", "file://")):
+            scheme = scheme_of(entry)
+            if scheme and store_class(scheme) is not None:
                 yield ObjectRef(entry, None, etag or None), str(number)
-            elif "://" in entry:
-                raise UsageError(f"{path}: unsupported URI {entry!r} (use s3:// or file://)")
+            elif scheme:
+                raise UsageError(f"{path}: unsupported URI {entry!r} (line {number}): labelq reads "
+                                 f"{', '.join(f'{s}://' for s in SCHEMES)}")
             else:
                 local = Path(entry)
                 local = Path(os.path.abspath(local if local.is_absolute() else path.parent / local))

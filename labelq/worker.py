@@ -49,8 +49,8 @@ class Runtime:
 
     def __init__(self, settings: Settings, name: str) -> None:
         from .logs import quiet_libraries
+        from .objects import Stores
         from .services import open_services
-        from .storage import Stores
 
         quiet_libraries()
         self.settings = settings
@@ -124,7 +124,7 @@ class Runtime:
 
     def label(self, job: str, refs: list[Any], models: list[str], chunk: str) -> tuple[int, int]:
         """Label one chunk; its records are written (and counted) batch by batch. Returns (images, records)."""
-        from .storage import ObjectRef
+        from .objects import ObjectRef
 
         classifiers = [self.classifier(m) for m in models]
         engine = self._engine(classifiers)
@@ -372,7 +372,7 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
 
 def label_one(self: Any, job: str, ref: list[Any], models: list[str], uploaded_at: float | None = None) -> dict[str, Any]:
     """Celery task (live queue): label one new object, batched with its neighbours on this worker."""
-    from .storage import ObjectRef
+    from .objects import ObjectRef
 
     try:
         rt = runtime(getattr(self.request, "hostname", None))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: set up, make sure the server binaries the test
-# fixtures start (redis-server, postgres, rabbitmq-server; chromium for the console tests) exist, then run pytest.
+# fixtures start (redis-server, postgres, rabbitmq-server; chromium for the console tests; Azurite from npm)
+# exist, then run pytest.
 # The fixtures start their own servers on free ports and stop them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,10 +11,12 @@ command -v redis-server >/dev/null || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v chromium >/dev/null || need+=(chromium)  # the console's browser tests (Playwright drives it)
+command -v npm >/dev/null || need+=(npm)  # Azurite, the Azure Blob emulator of the object-store tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} from the OS packages"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; else sudo apt-get update -qq && sudo apt-get install -y -qq "${need[@]}"; fi
 fi
+command -v azurite-blob >/dev/null || npm install -g --silent azurite@3
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 . .venv/bin/activate
 ruff check labelq tests bench

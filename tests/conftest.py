@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from labelq.testing import Corpus, build_timm, build_vit, make_corpus
+from tests.support.clouds import Azurite, GcsEmulator
 from tests.support.moto import MotoServer
 from tests.support.postgres import PostgresServer
 from tests.support.procs import MissingBinary
@@ -54,7 +55,8 @@ FAKE_AWS = {
 
 def _isolate_environment(home: Path) -> None:
     """Offline hub in a private HF_HOME, fake AWS credentials, no LABELQ_* from the caller."""
-    for name in [k for k in os.environ if k.startswith("LABELQ_")] + ["AWS_PROFILE", "AWS_ENDPOINT_URL"]:
+    clouds = ["STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING"]
+    for name in [k for k in os.environ if k.startswith("LABELQ_")] + ["AWS_PROFILE", "AWS_ENDPOINT_URL", *clouds]:
         os.environ.pop(name, None)
     os.environ.update(
         {
@@ -200,6 +202,29 @@ def s3_bucket(s3_client: Any) -> Iterator[str]:
             if keys:
                 s3_client.delete_objects(Bucket=name, Delete={"Objects": keys})
         s3_client.delete_bucket(Bucket=name)
+
+
+# ---------------------------------------------------------------- Google Cloud Storage, Azure Blob
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulator]:
+    """gcp-storage-emulator on a free port: ``.env`` (STORAGE_EMULATOR_HOST) reaches it, ``.client()``."""
+    server = _need(lambda: GcsEmulator(tmp_path_factory.mktemp("gcs")).start())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite's blob service on a free port: ``.env`` (AZURE_STORAGE_CONNECTION_STRING), ``.client()``."""
+    server = _need(lambda: Azurite(tmp_path_factory.mktemp("azurite")).start())
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- PostgreSQL

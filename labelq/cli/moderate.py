@@ -50,9 +50,9 @@ def moderate_apply(
 ) -> None:
     """Apply a (new) policy to a job's stored scores without re-running any model."""
     from ..moderation import Moderator, load_policy
+    from ..objects import Stores
     from ..records import chunks
     from ..services import open_services
-    from ..storage import Stores
 
     settings = load_settings()
     setup_logging(settings, quiet=True)

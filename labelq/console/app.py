@@ -55,7 +55,7 @@ class Console:
     """What the pages share: services, auth, thumbnails, short-lived caches."""
 
     def __init__(self, settings: Settings, services: Any) -> None:
-        from ..storage import Stores
+        from ..objects import Stores
 
         self.settings = settings
         self.services = services

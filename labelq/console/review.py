@@ -217,7 +217,7 @@ def _release(stores: Any, item: Item, reviewer: str) -> str:
 def _release_s3(client: Any, item: Item, reviewer: str) -> str:
     from botocore.exceptions import ClientError
 
-    from ..storage import split_s3
+    from ..objects import split_s3
 
     bucket, key = split_s3(item.uri)
     done = []

@@ -3,7 +3,7 @@
 The browser never gets storage credentials or bucket URLs: it gets ``/thumb?u=URI&e=ETAG&s=SIG``,
 where SIG is an HMAC the console made when it rendered a URI it read from a record or the audit
 trail. A URI the console did not sign is refused, so the endpoint fetches nothing a page did not
-show; objects are read through :class:`labelq.storage.Stores` (S3, or files under
+show; objects are read through :class:`labelq.objects.Stores` (S3, or files under
 ``LABELQ_LOCAL_ROOT`` only), within ``LABELQ_MAX_BYTES`` and ``LABELQ_MAX_PIXELS``.
 """
 
@@ -115,7 +115,7 @@ class Thumbnails:
 
     def get(self, uri: str, etag: str) -> bytes:
         """The thumbnail's JPEG bytes; labelq's storage errors (not found, outside the root...) propagate."""
-        from ..storage import ObjectRef
+        from ..objects import ObjectRef
 
         if not uri.startswith(SCHEMES):
             raise PermissionError(f"not a stored object: {uri}")

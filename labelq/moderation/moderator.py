@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import keys
+from ..errors import LabelqError
+from ..objects import Stores
 from ..records import Record, utcnow
-from ..storage import Stores, path_of, split_s3
 from . import audit
 from .actions import take
 from .audit import Action
@@ -96,12 +97,11 @@ class Moderator:
 
     def in_quarantine(self, uri: str) -> bool:
         """Whether a URI lies under the quarantine prefix (of its bucket, or of the local root)."""
-        if uri.startswith("s3://"):
-            return split_s3(uri)[1].startswith(self.policy.quarantine_prefix)
-        root = self.stores.local.root
-        if uri.startswith("file://") and root is not None:
-            return str(path_of(uri)).startswith(str(root / self.policy.quarantine_prefix))
-        return False
+        try:
+            store = self.stores.store(uri)
+        except LabelqError:
+            return False
+        return bool(store.in_quarantine(uri, self.policy.quarantine_prefix))
 
     def moved(self, uris: Sequence[str]) -> set[str]:
         """Which of these objects this policy engine moved to quarantine."""

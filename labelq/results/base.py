@@ -8,8 +8,8 @@ from itertools import islice
 from typing import Any, Protocol
 
 from ..errors import RETRYABLE_KINDS
+from ..objects import ObjectRef
 from ..records import Record
-from ..storage import ObjectRef
 
 # revisions(job): model → {revision (None: not recorded) → records of that job}
 RevisionCounts = dict[str, dict[str | None, int]]

@@ -138,7 +138,7 @@ class ParquetStore:
                 raise UsageError(f"result store {url}: name a bucket, as in parquet+s3://bucket/prefix")
             if s3_client is None:
                 if settings is not None:
-                    from ..storage import make_s3_client
+                    from ..objects import make_s3_client
 
                     s3_client = make_s3_client(settings)
                 else:

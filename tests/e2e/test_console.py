@@ -31,8 +31,8 @@ import pytest
 
 from labelq.config import Settings, load_settings
 from labelq.errors import UsageError
+from labelq.objects import Stores, s3_uri
 from labelq.records import utcnow
-from labelq.storage import Stores, s3_uri
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import RedisDB, put_objects
 from tests.procs import Procs, cli, labelq_env, wait_until
@@ -336,7 +336,7 @@ def test_sign_in_open_a_job_filter_by_label_review_and_audit(site: Site, browser
 
 def _check_storage(site: Site) -> None:
     from labelq.moderation import Moderator, Policy, Rule
-    from labelq.storage import split_s3
+    from labelq.objects import split_s3
 
     s3, bucket = site.s3, site.bucket
     names = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}

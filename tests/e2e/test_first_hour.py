@@ -15,8 +15,8 @@ from rich.console import Console
 
 from labelq.config import Settings
 from labelq.embedded import run_embedded
+from labelq.objects import file_uri
 from labelq.records import read_records
-from labelq.storage import file_uri
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import PHOTOS, RUN_ENV, Result, labelq
 from tests.unit.test_first_hour import UNREACHABLE, fake_cache
@@ -182,7 +182,7 @@ def test_progress_bar_has_total_percentage_and_eta(photos: Path, tiny_vit: Path,
 
 def test_s3_style_listing_shows_listed_so_far_then_a_bar() -> None:
     from labelq.embedded import Summary, _Bar, _Listed
-    from labelq.storage import ObjectRef
+    from labelq.objects import ObjectRef
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=200)

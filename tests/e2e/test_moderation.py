@@ -45,8 +45,8 @@ from labelq.engine import Engine
 from labelq.jobs import JobBook
 from labelq.models import load_classifier
 from labelq.moderation import Action, iter_audit
+from labelq.objects import ObjectRef, Stores, file_uri, s3_uri
 from labelq.records import Record, decode_body
-from labelq.storage import ObjectRef, Stores, file_uri, s3_uri
 from labelq.testing import texture
 from tests.e2e.conftest import RedisDB
 from tests.procs import HOSTNAME, Proc, Procs, cli, labelq_env, wait_until

@@ -17,9 +17,9 @@ from labelq.embedded import run_embedded
 from labelq.engine import Engine
 from labelq.images import Geometry
 from labelq.models import load_classifier
+from labelq.objects import LocalStore, file_uri, path_of
 from labelq.records import Record
 from labelq.results import SQLStore
-from labelq.storage import LocalStore, file_uri, path_of
 from labelq.testing import CORPUS_MAX_PIXELS, build_vit
 from tests.e2e.conftest import RUN_ENV, Result, labelq
 

@@ -357,8 +357,8 @@ def test_waiting_entries_whose_messages_the_broker_lost_stop_counting_against_th
     """A purged queue (or a broker that lost its data) must not hold the bound full for ever."""
     from labelq import producer
     from labelq.config import Settings
+    from labelq.objects import ObjectRef
     from labelq.producer import QueueFull, _reserve, publish, queued_messages
-    from labelq.storage import ObjectRef
     from labelq.tasks import make_app
 
     monkeypatch.setattr(producer, "PUBLISHED_AFTER_S", 0.3)
@@ -389,8 +389,8 @@ def test_a_chunk_reserved_but_not_yet_published_by_another_producer_still_counts
     not yet published. The broker holds one message fewer than the count; B must not take A's place."""
     from labelq import producer
     from labelq.config import Settings
+    from labelq.objects import ObjectRef
     from labelq.producer import QueueFull, _reserve, publish, queued_messages
-    from labelq.storage import ObjectRef
     from labelq.tasks import make_app
 
     monkeypatch.setattr(producer, "PUBLISHED_AFTER_S", 0.3)

@@ -20,8 +20,8 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import UsageError
+from labelq.objects import ObjectRef, Stores, s3_uri
 from labelq.sources import iter_listing, parse_source
-from labelq.storage import ObjectRef, Stores, s3_uri
 
 SUFFIXES = tuple(Settings().suffixes)
 
@@ -146,7 +146,8 @@ def test_a_cursor_of_a_deleted_key_or_outside_the_prefix_still_resumes(client: A
 
 def test_fan_out_reads_ahead_a_bounded_amount_and_stops_its_threads(s3_server: Any, client: Any,
                                                                     s3_bucket: str) -> None:
-    from labelq.listing import fan_out
+    from labelq.objects.listing import fan_out
+    from labelq.objects.s3 import S3Pager
 
     put_all(client, s3_bucket, [f"p{p:02d}/k{k}.jpg" for p in range(30) for k in range(2)])
     calls: list[dict[str, Any]] = []
@@ -160,7 +161,7 @@ def test_fan_out_reads_ahead_a_bounded_amount_and_stops_its_threads(s3_server: A
 
     counted = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
     counted.meta.events.register("provide-client-params.s3.ListObjectsV2", seen)
-    stream = fan_out(counted, s3_bucket, "", SUFFIXES, workers=2)
+    stream = fan_out(S3Pager(counted), s3_bucket, "", SUFFIXES, workers=2)
     assert calls == []  # lazy: nothing is asked before the first item is wanted
     _, cursor = next(stream)
     assert cursor == "p00/k0.jpg"

@@ -12,8 +12,8 @@ import pytest
 from labelq import keys
 from labelq.config import Settings
 from labelq.moderation import Moderator, Policy, Rule, iter_audit
+from labelq.objects import Stores, file_uri
 from labelq.records import Record
-from labelq.storage import Stores, file_uri
 
 MODEL = "m"
 DATA = b"\x89PNG flagged bytes"

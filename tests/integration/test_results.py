@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from labelq.errors import ERROR_KINDS, RETRYABLE_KINDS, UsageError
+from labelq.objects import ObjectRef
 from labelq.records import FIELDS, Record, read_records, write_records
 from labelq.results import SQLStore, open_store, settled, skip_done
-from labelq.storage import ObjectRef
 
 # DESIGN.md, "Result record", in its order: typed here rather than imported, so the code is checked against it.
 DESIGN_FIELDS = ("uri", "etag", "model", "model_revision", "label", "score", "top_k", "status", "error_kind", "error", "job", "worker",

@@ -15,8 +15,8 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import LabelqError, UsageError
+from labelq.objects import ObjectRef, S3Store, Stores, s3_uri
 from labelq.sources import iter_source, parse_source
-from labelq.storage import ObjectRef, S3Store, Stores, s3_uri
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
 from tests.integration.conftest import AuthMoto, Credentials
 
@@ -59,7 +59,7 @@ def test_listing_paginates_lazily_with_sizes_and_etags(s3_server: Any, s3_client
     # The client's own event hook sees each ListObjectsV2 call's parameters as it is made.
     store.client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **_: pages.append(dict(params)))
 
-    listing = store.list(s3_bucket, "many/", SUFFIXES)
+    listing = (ref for ref, _ in store.list(f"s3://{s3_bucket}/many/", SUFFIXES))
     assert isinstance(listing, types.GeneratorType)
     assert pages == []  # nothing is asked before the first item is wanted
     first = next(listing)
@@ -87,14 +87,14 @@ def test_source_s3_lists_through_stores(s3_server: Any, s3_client: Any, s3_bucke
 def test_listing_a_missing_bucket_is_a_usage_error(s3_server: Any) -> None:
     store = S3Store(settings_for(s3_server))
     with pytest.raises(UsageError, match="NoSuchBucket"):
-        list(store.list("labelq-no-such-bucket", "", SUFFIXES))
+        list(store.list("s3://labelq-no-such-bucket", SUFFIXES))
 
 
 def test_unreachable_endpoint() -> None:
     settings = Settings(s3_endpoint_url="http://127.0.0.1:1", s3_max_attempts=2, s3_connect_timeout=1)
     store = S3Store(settings)
     with pytest.raises(UsageError, match="cannot reach S3"):
-        list(store.list("bucket", "prefix/", SUFFIXES))
+        list(store.list("s3://bucket/prefix/", SUFFIXES))
     assert kind_of(store, ObjectRef("s3://bucket/a.jpg")) == "storage_error"
 
 
@@ -157,7 +157,7 @@ def test_access_denied(moto_auth: AuthMoto) -> None:
         store = S3Store(settings, client)
         assert kind_of(store, ref) == "access_denied"
         with pytest.raises(UsageError, match="cannot list"):
-            list(store.list(bucket, "", SUFFIXES))
+            list(store.list(f"s3://{bucket}", SUFFIXES))
 
 
 def test_obstore_gets_take_boto3s_credential_chain(moto_auth: AuthMoto, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from labelq import keys
+from labelq.objects import ObjectRef
 from labelq.records import FIELDS, Record, read_records, write_records
 from labelq.results import (
     TABLE,
@@ -24,7 +25,6 @@ from labelq.results import (
 )
 from labelq.results.parquet import LocalFiles
 from labelq.results.sql import PG_METHODS
-from labelq.storage import ObjectRef
 
 M = "org/model-a"  # a hub id: one URL-quoted partition segment
 

@@ -16,7 +16,7 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import AccessDenied, NotFound, StorageError
-from labelq.storage import ObjectRef, S3Store
+from labelq.objects import ObjectRef, S3Store
 
 BODY = b"\xff\xd8not-really-a-jpeg"
 

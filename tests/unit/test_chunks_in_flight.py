@@ -20,9 +20,9 @@ from labelq.config import Settings
 from labelq.engine import Engine
 from labelq.launcher import Slot, child_command
 from labelq.models import Classifier, load_classifier
+from labelq.objects import ObjectRef, Stores
 from labelq.records import Record
 from labelq.sources import iter_source, parse_source
-from labelq.storage import ObjectRef, Stores
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
 
 

@@ -22,8 +22,8 @@ from labelq.engine import Engine
 from labelq.gpudecode import DeviceJpeg, fit_tensor, is_plain_jpeg
 from labelq.images import Geometry, Limits, decode, fit
 from labelq.models import Classifier, load_classifier
+from labelq.objects import Stores
 from labelq.sources import iter_source, parse_source
-from labelq.storage import Stores
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -15,8 +15,8 @@ from labelq.config import Settings
 from labelq.errors import LabelqError
 from labelq.feed import DecodePool, PoolBroken
 from labelq.images import Geometry, Limits, decode, fit
+from labelq.objects import Stores, file_uri
 from labelq.sources import iter_source, parse_source
-from labelq.storage import Stores, file_uri
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
 
 # A timm-style shortest-edge + crop geometry and a transformers-style fixed resize: two views, one decode.

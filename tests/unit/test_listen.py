@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from labelq.listen import BadEvent, Upload, parse_event
-from labelq.storage import ObjectRef, split_s3
+from labelq.objects import ObjectRef, split_s3
 
 EVENT_TIME = "2026-11-25T10:11:12.345Z"
 EVENT_TS = datetime.fromisoformat("2026-11-25T10:11:12.345+00:00").timestamp()

@@ -17,8 +17,8 @@ from labelq.errors import UsageError
 from labelq.launcher import Slot, child_command, live_concurrency
 from labelq.live import Batcher, validate_batching
 from labelq.models import Classifier, load_classifier
+from labelq.objects import ObjectRef, Stores, file_uri
 from labelq.records import Record
-from labelq.storage import ObjectRef, Stores, file_uri
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
 
 # ------------------------------------------------------------------ validate_batching

@@ -17,7 +17,7 @@ from labelq.config import Settings
 from labelq.engine import Item, predict_isolated
 from labelq.errors import ModelError
 from labelq.models import Prediction, load_classifier
-from labelq.storage import ObjectRef
+from labelq.objects import ObjectRef
 
 POISON = 7  # every pixel of the bad image has this value
 
@@ -75,7 +75,7 @@ def test_isolated_predictions_equal_unbroken_ones(poisoned: tuple) -> None:
 
 def test_engine_turns_the_bad_item_into_a_model_error_record(poisoned: tuple) -> None:
     from labelq.engine import Engine
-    from labelq.storage import Stores
+    from labelq.objects import Stores
 
     clf, _ = poisoned
     settings = Settings(device="cpu")

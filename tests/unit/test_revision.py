@@ -10,9 +10,9 @@ from pathlib import Path
 from labelq.config import Settings
 from labelq.engine import Engine
 from labelq.models import folder_revision, load_classifier, resolve_revision
+from labelq.objects import ObjectRef, Stores, file_uri
 from labelq.records import Record
 from labelq.results import is_final
-from labelq.storage import ObjectRef, Stores, file_uri
 
 
 def test_folder_revision_is_a_content_hash(tiny_vit: Path, tmp_path: Path) -> None:

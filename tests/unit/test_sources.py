@@ -17,8 +17,8 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import UsageError
+from labelq.objects import ObjectRef, Stores, file_uri, local_etag
 from labelq.sources import Source, iter_listing, iter_source, parse_source
-from labelq.storage import ObjectRef, Stores, file_uri, local_etag
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -237,7 +237,7 @@ def test_inventory_rows_become_refs_with_sizes_and_etags(tmp_path: Path, fmt: st
 
 
 def _q(key: str) -> str:
-    from labelq.storage import s3_uri
+    from labelq.objects import s3_uri
 
     return s3_uri("b", key).removeprefix("s3://b/")
 
@@ -313,7 +313,7 @@ def test_bad_inventory_cursor_is_a_usage_error(tmp_path: Path, cursor: str) -> N
 
 def test_s3_json_sources_are_inventories() -> None:
     assert parse_source("s3://dest/inv/src/daily/2026-12-01T01-00Z/manifest.json").kind == "inventory"
-    assert parse_source("s3://bucket/photos/").kind == "s3"
+    assert parse_source("s3://bucket/photos/").kind == "bucket"
 
 
 # ---------------------------------------------------------------- S3 fan-out ordering (an in-memory ListObjectsV2)
@@ -356,13 +356,14 @@ class PagedKeys:
 def test_fan_out_matches_one_stream_and_resumes_on_random_key_sets(seed: int) -> None:
     import random
 
-    from labelq.listing import fan_out, stream
+    from labelq.objects.listing import fan_out, stream
+    from labelq.objects.s3 import S3Pager
 
     rng = random.Random(seed)
     parts = ["a", "b", "b.x", "b-1", "b0", "ü", "", "c", "cc"]  # names sorting on both sides of "/"
     keys = {"/".join(rng.choice(parts) for _ in range(rng.randint(1, 4))) + rng.choice([".jpg", ".jpg", ".txt", "/"])
             for _ in range(rng.randint(20, 120))}
-    client = PagedKeys(sorted(keys), page=rng.choice([2, 3, 7, 1000]))
+    client = S3Pager(PagedKeys(sorted(keys), page=rng.choice([2, 3, 7, 1000])))
     prefix = rng.choice(["", "", "b", "b/", "a/b/"])
     one = list(stream(client, "bkt", prefix, (".jpg",)))
     assert [k for _, k in one] == sorted(k for k in keys if k.startswith(prefix) and k.endswith(".jpg"))
@@ -375,15 +376,17 @@ def test_fan_out_matches_one_stream_and_resumes_on_random_key_sets(seed: int) ->
 
 
 def test_many_tiny_prefixes_are_listed_in_a_few_ranges_not_a_call_each() -> None:
-    from labelq.listing import fan_out, stream
+    from labelq.objects.listing import fan_out, stream
+    from labelq.objects.s3 import S3Pager
 
     keys = [f"user{i:04d}/{n}.jpg" for i in range(600) for n in range(2)] + ["user0100.jpg", "user0300/"]
-    client = PagedKeys(keys, page=1000)
+    keyed = PagedKeys(keys, page=1000)
+    client = S3Pager(keyed)
     one = list(stream(client, "bkt", "", (".jpg",)))
-    assert client.calls == 2  # 1 202 keys: two pages
-    client.calls = 0
+    assert keyed.calls == 2  # 1 202 keys: two pages
+    keyed.calls = 0
     assert list(fan_out(client, "bkt", "", (".jpg",), workers=4)) == one
     # one delimiter page, a span of one sub-prefix per worker until sizes are known, then spans of ~2 000 keys
-    assert client.calls <= 1 + 2 * 4 + 2  # not 601 calls
+    assert keyed.calls <= 1 + 2 * 4 + 2  # not 601 calls
     for i in range(0, len(one), 97):
         assert list(fan_out(client, "bkt", "", (".jpg",), after=one[i][1], workers=4)) == one[i + 1 :]

@@ -11,12 +11,11 @@ import pytest
 
 from labelq.config import Settings
 from labelq.errors import LabelqError, NotFound, StorageError, UsageError
-from labelq.sources import iter_source, parse_source
-from labelq.storage import (
+from labelq.objects import (
     LocalStore,
     ObjectRef,
     Stores,
-    _Transient,
+    Transient,
     file_uri,
     local_etag,
     path_of,
@@ -24,6 +23,7 @@ from labelq.storage import (
     split_s3,
     with_backoff,
 )
+from labelq.sources import iter_source, parse_source
 
 SUFFIXES = tuple(Settings().suffixes)
 
@@ -116,7 +116,7 @@ def test_stores_route_by_scheme(tree: Path) -> None:
     stores = Stores(Settings(), local_root=tree)
     assert stores.fetch(ObjectRef(file_uri(tree / "c.webp"))) == b"c"
     with pytest.raises(LabelqError) as caught:
-        stores.fetch(ObjectRef("http://example.com/x.jpg"))
+        stores.fetch(ObjectRef("ftp://files.invalid/x.jpg"))  # no store serves ftp://: refused, no traffic
     assert caught.value.kind == "access_denied"
 
 
@@ -125,7 +125,7 @@ def test_stores_route_by_scheme(tree: Path) -> None:
 
 def test_listing_is_lazy_sorted_and_keeps_the_suffixes(tree: Path) -> None:
     store = LocalStore(tree, max_bytes=1000)
-    listing = store.list(tree, SUFFIXES)
+    listing = (r for r, _ in store.list(file_uri(tree), SUFFIXES))
     assert isinstance(listing, types.GeneratorType)
     first = next(listing)
     assert first.uri == file_uri(tree / "a.PNG")  # upper-case suffix kept; files before subfolders, by name
@@ -146,15 +146,16 @@ def test_listing_is_lazy_sorted_and_keeps_the_suffixes(tree: Path) -> None:
 
 def test_listing_keeps_only_configured_suffixes(tree: Path) -> None:
     store = LocalStore(tree, max_bytes=1000)
-    assert [path_of(r.uri).name for r in store.list(tree, (".webp", ".tif"))] == ["c.webp", "e.tif"]
+    names = [path_of(r.uri).name for r, _ in store.list(file_uri(tree), (".webp", ".tif"))]
+    assert names == ["c.webp", "e.tif"]
     settings = Settings(suffixes="txt")
     assert settings.suffixes == [".txt"]
-    assert [path_of(r.uri).name for r in store.list(tree, tuple(settings.suffixes))] == ["notes.txt"]
+    assert [path_of(r.uri).name for r, _ in store.list(file_uri(tree), tuple(settings.suffixes))] == ["notes.txt"]
 
 
 def test_listing_does_not_read_ahead(tree: Path) -> None:
     """Lazy: files created after the first item is taken, in a folder not yet visited, are still listed."""
-    listing = LocalStore(tree, max_bytes=1000).list(tree, SUFFIXES)
+    listing = (r for r, _ in LocalStore(tree, max_bytes=1000).list(file_uri(tree), SUFFIXES))
     next(listing)
     (tree / "sub" / "deeper" / "late.jpg").write_bytes(b"late")
     assert file_uri(tree / "sub" / "deeper" / "late.jpg") in [r.uri for r in listing]
@@ -215,9 +216,9 @@ def test_manifest_lines(tree: Path) -> None:
 
 def test_manifest_with_an_unsupported_scheme_is_a_usage_error(tree: Path) -> None:
     manifest = tree / "list.txt"
-    manifest.write_text("b.jpg\nhttp://example.com/x.jpg\n")
+    manifest.write_text("b.jpg\nftp://files.invalid/x.jpg\n")
     refs = iter_source(parse_source(str(manifest)), Stores(Settings(), local_root=tree))
-    with pytest.raises(UsageError, match=re.escape("http://example.com/x.jpg")):
+    with pytest.raises(UsageError, match=re.escape("ftp://files.invalid/x.jpg")):
         list(refs)
 
 
@@ -225,8 +226,8 @@ def test_parse_source_kinds(tree: Path) -> None:
     assert parse_source(str(tree)).kind == "folder"
     assert parse_source(str(tree)).root == tree.resolve()
     assert parse_source(file_uri(tree)).kind == "folder"
-    assert parse_source("s3://bucket/prefix/").kind == "s3"
-    assert parse_source("s3://bucket").kind == "s3"
+    assert parse_source("s3://bucket/prefix/").kind == "bucket"
+    assert parse_source("s3://bucket").kind == "bucket"
 
 
 def test_folder_source_lists_recursively(tree: Path) -> None:
@@ -257,7 +258,7 @@ def test_s3_without_a_bucket_is_a_usage_error() -> None:
 class Flaky:
     """A real callable failing transiently ``failures`` times, then returning ``value``."""
 
-    def __init__(self, failures: int, value: bytes = b"ok", error: type[Exception] = _Transient) -> None:
+    def __init__(self, failures: int, value: bytes = b"ok", error: type[Exception] = Transient) -> None:
         self.failures = failures
         self.value = value
         self.error = error

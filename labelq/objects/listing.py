@@ -1,4 +1,9 @@
-"""Bucket listings in key order, resumable after any key: one ListObjectsV2 stream or a prefix fan-out.
+"""Bucket listings in key order, resumable after any key: one listing stream or a prefix fan-out.
+
+Any store whose listing has a prefix, a delimiter and a start-after key (S3's ListObjectsV2, GCS's
+``startOffset``, Azure's prefix walk) is listed here: the store hands in a :class:`Pager` that yields
+pages in ListObjectsV2's shape, and everything below is the same for every store. A store whose API
+ignores the start key (Azure) still resumes right: keys up to the cursor are dropped here.
 
 Both yield ``(ref, key)`` in S3's key order (UTF-8 byte order, which is Python's ``str`` order), so a key
 is the cursor of either: listing again with ``after=key`` (``StartAfter``) yields exactly the rest.
@@ -27,10 +32,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import UsageError
-from .storage import ObjectRef, kept, s3_error, s3_uri
+from .base import ObjectRef, kept
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,23 @@ WINDOW = 4096  # items of the delimiter level read ahead of the consumer
 _DONE = object()
 
 
-def list_keys(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], *, after: str | None = None,
+class Pager(Protocol):
+    """A store's listing calls, in ListObjectsV2's page shape.
+
+    ``pages`` yields dicts with ``Contents`` ([{"Key", "Size", "ETag"}] in key order), ``CommonPrefixes``
+    ([{"Prefix"}], with a delimiter) and ``IsTruncated``; ``after`` is exclusive and may be ignored.
+    """
+
+    def pages(self, bucket: str, prefix: str, after: str | None, delimiter: str | None = None) -> Iterator[dict[str, Any]]: ...
+
+    def uri(self, bucket: str, key: str) -> str: ...
+
+    def listing_error(self, exc: BaseException, bucket: str, prefix: str) -> BaseException:
+        """The one-line error a listing failure becomes (UsageError), or ``exc`` itself when it is not the store's."""
+        ...
+
+
+def list_keys(client: Pager, bucket: str, prefix: str, suffixes: tuple[str, ...], *, after: str | None = None,
               workers: int = 1) -> Iterator[tuple[ObjectRef, str]]:
     """Objects under ``s3://bucket/prefix`` with a kept suffix, as (ref, key), in key order, after ``after``."""
     if workers <= 1:
@@ -50,15 +70,15 @@ def list_keys(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], 
         yield from fan_out(client, bucket, prefix, suffixes, after=after, workers=workers)
 
 
-def stream(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], *,
+def stream(client: Pager, bucket: str, prefix: str, suffixes: tuple[str, ...], *,
            after: str | None = None) -> Iterator[tuple[ObjectRef, str]]:
     """One ListObjectsV2 stream, one page (1 000 keys) at a time."""
-    with _listing_errors(bucket, prefix):
+    with _listing_errors(client, bucket, prefix):
         for page in _pages(client, bucket, prefix, after):
-            yield from _refs(bucket, page.get("Contents", ()), suffixes, after)
+            yield from _refs(client, bucket, page.get("Contents", ()), suffixes, after)
 
 
-def fan_out(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], *, after: str | None = None,
+def fan_out(client: Pager, bucket: str, prefix: str, suffixes: tuple[str, ...], *, after: str | None = None,
             workers: int = 8) -> Iterator[tuple[ObjectRef, str]]:
     """The same listing as :func:`stream`, with the sub-prefixes listed by ``workers`` concurrent streams."""
     stop = threading.Event()
@@ -70,7 +90,7 @@ def fan_out(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], *,
     more = True
     try:
         while True:
-            with _listing_errors(bucket, prefix):
+            with _listing_errors(client, bucket, prefix):
                 while more and streams < workers and len(window) < WINDOW:
                     unit = next(units, None)
                     if unit is None:
@@ -86,7 +106,7 @@ def fan_out(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], *,
                 return
             kind, value = window.popleft()
             if kind == "key":
-                yield from _refs(bucket, [value], suffixes, after)
+                yield from _refs(client, bucket, [value], suffixes, after)
                 continue
             streams -= 1  # every stream submitted before it has been read to the end: it runs now
             while (item := value.get()) is not _DONE:
@@ -101,25 +121,23 @@ def fan_out(client: Any, bucket: str, prefix: str, suffixes: tuple[str, ...], *,
 # ----------------------------------------------------------------------------- helpers
 
 
-def _pages(client: Any, bucket: str, prefix: str, after: str | None, **extra: Any) -> Iterator[dict[str, Any]]:
-    params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, **extra}
-    if after is not None and after > prefix:  # a cursor before the prefix lists all of it
-        params["StartAfter"] = after
-    yield from client.get_paginator("list_objects_v2").paginate(**params)
+def _pages(client: Pager, bucket: str, prefix: str, after: str | None, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+    start = after if after is not None and after > prefix else None  # a cursor before the prefix lists all of it
+    yield from client.pages(bucket, prefix, start, delimiter)
 
 
-def _refs(bucket: str, contents: Any, suffixes: tuple[str, ...], after: str | None) -> Iterator[tuple[ObjectRef, str]]:
+def _refs(client: Pager, bucket: str, contents: Any, suffixes: tuple[str, ...], after: str | None) -> Iterator[tuple[ObjectRef, str]]:
     for obj in contents:
         key = obj["Key"]
         if (after is not None and key <= after) or key.endswith("/") or not kept(key, suffixes):
             continue  # (a store that ignores StartAfter still resumes right)
-        yield ObjectRef(s3_uri(bucket, key), obj.get("Size"), obj.get("ETag", "").strip('"') or None), key
+        yield ObjectRef(client.uri(bucket, key), obj.get("Size"), (obj.get("ETag") or "").strip('"') or None), key
 
 
-def _units(client: Any, bucket: str, prefix: str, after: str | None, workers: int, depth: int,
+def _units(client: Pager, bucket: str, prefix: str, after: str | None, workers: int, depth: int,
            sizes: _Sizes) -> Iterator[tuple[str, Any]]:
     """The prefix as ("key", obj) and ("range", Span) items in key order, none wholly before ``after``."""
-    pages = _pages(client, bucket, prefix, _level_start(prefix, after), Delimiter="/")
+    pages = _pages(client, bucket, prefix, _level_start(prefix, after), "/")
     first = next(pages, None)
     if first is None:
         return
@@ -212,7 +230,7 @@ def _level_start(prefix: str, after: str | None) -> str | None:
     return prefix + rest.split("/", 1)[0] if "/" in rest else after
 
 
-def _pump(client: Any, bucket: str, span: Span, suffixes: tuple[str, ...], after: str | None,
+def _pump(client: Pager, bucket: str, span: Span, suffixes: tuple[str, ...], after: str | None,
           out: queue.Queue[Any], stop: threading.Event, sizes: _Sizes) -> None:
     """List one span into ``out`` a page of (ref, key) at a time; blocks while ``out`` is full."""
     try:
@@ -222,14 +240,14 @@ def _pump(client: Any, bucket: str, span: Span, suffixes: tuple[str, ...], after
             ended = bool(contents) and span.past(contents[-1]["Key"])
             objs = [o for o in contents if span.holds(o["Key"]) and not span.past(o["Key"])]
             seen += len(objs)
-            if not _put(out, list(_refs(bucket, objs, suffixes, after)), stop):
+            if not _put(out, list(_refs(client, bucket, objs, suffixes, after)), stop):
                 return
             if ended:
                 break
         sizes.add(span.count, seen)
         _put(out, _DONE, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-        _put(out, _as_usage(exc, bucket, span.prefix), stop)
+        _put(out, client.listing_error(exc, bucket, span.prefix) if isinstance(exc, Exception) else exc, stop)
 
 
 def _put(out: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -242,21 +260,12 @@ def _put(out: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _as_usage(exc: BaseException, bucket: str, prefix: str) -> BaseException:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(exc, ClientError):
-        return UsageError(f"cannot list s3://{bucket}/{prefix}: {s3_error(exc, f's3://{bucket}/{prefix}')}")
-    if isinstance(exc, BotoCoreError):
-        return UsageError(f"cannot reach S3 to list s3://{bucket}/{prefix}: {exc}")
-    return exc
-
-
 @contextmanager
-def _listing_errors(bucket: str, prefix: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
+def _listing_errors(client: Pager, bucket: str, prefix: str) -> Iterator[None]:
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
-        raise _as_usage(exc, bucket, prefix) from None
+    except Exception as exc:
+        error = client.listing_error(exc, bucket, prefix)
+        if error is exc:
+            raise
+        raise error from None

@@ -1,170 +1,27 @@
-"""Object stores: where image bytes come from.
+"""S3 and S3-compatible stores (MinIO, moto): boto3 (the reference) or obstore for GETs; ``s3://bucket/key``.
 
-One small interface over a local folder and S3 (and S3-compatible stores such as
-MinIO and moto). Listing is lazy and paginated; every object is an :class:`ObjectRef`
-carrying its canonical URI, size and etag. A record's ``uri`` names the object the
-same way everywhere: ``s3://bucket/key`` or ``file:///absolute/path``. What a user
-names as SOURCE, and its resumable listing, is labelq.sources (re-exported here).
+Credentials come from boto3's usual chain; ``LABELQ_S3_ENDPOINT_URL`` points at another S3. Transient
+failures (5xx, throttling, dropped connections) are retried with backoff; 403/404 are not. Listing is
+:mod:`labelq.objects.listing` (prefix fan-out, ``LABELQ_LIST_WORKERS`` streams) over ListObjectsV2 pages.
+Moderation actions: tags are S3 object tags (merged by :func:`labelq.objects.base.merge_tags`), copy is
+CopyObject, move is CopyObject then DeleteObject.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
-import stat
 import threading
-import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlparse
 
-from .config import Settings
-from .errors import AccessDenied, NotFound, StorageError, TooLarge, WorkerFault
-from .retrying import backoff
+from ..config import Settings
+from ..errors import AccessDenied, NotFound, StorageError, TooLarge, UsageError, WorkerFault
+from .base import ObjectRef, Transient, with_backoff
+from .listing import list_keys
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """One object to label: canonical URI, size in bytes and etag (None when unknown)."""
-
-    uri: str
-    size: int | None = None
-    etag: str | None = None
-
-    def to_json(self) -> list[Any]:
-        """Compact JSON form used in Celery messages: ``[uri, size, etag]``."""
-        return [self.uri, self.size, self.etag]
-
-    @classmethod
-    def from_json(cls, value: Any) -> ObjectRef:
-        if isinstance(value, dict):
-            return cls(**value)
-        uri, size, etag = value
-        return cls(uri, size, etag)
-
-    def asdict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Store(Protocol):
-    """What the engine needs from a store."""
-
-    def fetch(self, ref: ObjectRef) -> bytes: ...
-
-
-# ----------------------------------------------------------------------------- local
-
-
-def file_uri(path: Path) -> str:
-    """Canonical ``file://`` URI of an absolute path."""
-    return "file://" + quote(str(path))
-
-
-def path_of(uri: str) -> Path:
-    """The local path a ``file://`` URI names."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "file":
-        raise ValueError(f"not a file URI: {uri}")
-    return Path(unquote(parsed.path))
-
-
-def local_etag(st: os.stat_result) -> str:
-    """A cheap change detector for local files: size and mtime in nanoseconds."""
-    return hashlib.blake2s(f"{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=8).hexdigest()
-
-
-class LocalStore:
-    """Files under one root folder; anything resolving outside it is refused."""
-
-    def __init__(self, root: Path | None, *, max_bytes: int) -> None:
-        self.root = root.resolve() if root is not None else None
-        self.max_bytes = max_bytes
-
-    def _resolve(self, uri: str) -> Path:
-        if self.root is None:
-            raise WorkerFault("local files are not enabled here: set LABELQ_LOCAL_ROOT to the folder workers may read")
-        raw = path_of(uri)
-        if not raw.is_absolute() or ".." in raw.parts:
-            raise AccessDenied(f"path escapes the storage root: {raw}")
-        path = raw.resolve()
-        if path != self.root and self.root not in path.parents:
-            raise AccessDenied(f"path is outside the storage root {self.root}: {raw}")
-        return path
-
-    def fetch(self, ref: ObjectRef) -> bytes:
-        path = self._resolve(ref.uri)
-        try:
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):
-                raise NotFound(f"not a regular file: {path}")
-            size = st.st_size
-            if size > self.max_bytes:
-                raise TooLarge(f"object is {size} bytes, over the limit of {self.max_bytes} (LABELQ_MAX_BYTES)")
-            with path.open("rb") as f:
-                data = f.read(self.max_bytes + 1)
-        except FileNotFoundError:
-            raise NotFound(f"no such file: {path}") from None
-        except PermissionError:
-            raise AccessDenied(f"permission denied: {path}") from None
-        except IsADirectoryError:
-            raise NotFound(f"is a directory: {path}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc}") from None
-        if len(data) > self.max_bytes:
-            raise TooLarge(f"object is over the limit of {self.max_bytes} bytes (LABELQ_MAX_BYTES)")
-        return data
-
-    def list(self, folder: Path, suffixes: tuple[str, ...]) -> Iterator[ObjectRef]:
-        """Files under ``folder`` (recursively, sorted per directory, lazily) with a kept suffix."""
-        for ref, _ in walk_folder(folder, suffixes):
-            yield ref
-
-
-def walk_folder(folder: Path, suffixes: tuple[str, ...], *, after: str | None = None) -> Iterator[tuple[ObjectRef, str]]:
-    """Files under ``folder`` with a kept suffix, lazily, as (ref, path relative to ``folder`` with ``/``).
-
-    Order: a directory's files by name, then its subdirectories by name, each subtree whole; symlinked
-    directories are not entered. ``after`` (a relative path this walk yielded) resumes right after it,
-    reading only the directories on its path and those after it.
-    """
-    yield from _walk(folder.resolve(), "", suffixes, after.split("/") if after else None)
-
-
-def _walk(current: Path, rel: str, suffixes: tuple[str, ...], after: list[str] | None) -> Iterator[tuple[ObjectRef, str]]:
-    try:
-        entries = sorted(os.scandir(current), key=lambda e: e.name)
-    except OSError as exc:
-        logger.warning("cannot list %s: %s", current, exc)
-        return
-    subdirs = []
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            subdirs.append(entry)
-        elif entry.is_file() and kept(entry.name, suffixes) and (after is None or (len(after) == 1 and entry.name > after[0])):
-            st = entry.stat()
-            yield ObjectRef(file_uri(Path(entry.path)), st.st_size, local_etag(st)), rel + entry.name
-    for entry in subdirs:
-        if after is None or len(after) == 1 or entry.name > after[0]:
-            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, None)
-        elif entry.name == after[0]:
-            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, after[1:])
-
-
-def kept(name: str, suffixes: tuple[str, ...]) -> bool:
-    """Whether a file or key name ends with one of ``suffixes`` (any case); every name when there are none."""
-    return not suffixes or name.lower().endswith(suffixes)
-
-
-_kept = kept
-
-
-# ----------------------------------------------------------------------------- S3
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -185,11 +42,20 @@ _RETRYABLE_S3 = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTime
 class S3Store:
     """S3 through boto3: the usual credential chain, botocore's standard retries on top of ours."""
 
+    schemes: ClassVar[tuple[str, ...]] = ("s3",)
+    listable: ClassVar[bool] = True
+    actions: ClassVar[bool] = True
+    taggable: ClassVar[bool] = True
+
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.max_bytes = settings.max_bytes
         self.attempts = settings.s3_max_attempts
         self.client = client if client is not None else make_s3_client(settings)
         self._gets = ObstoreGets(settings) if settings.s3_client == "obstore" else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, s3_client: Any = None, **_: Any) -> S3Store:
+        return cls(settings, s3_client)
 
     def fetch(self, ref: ObjectRef) -> bytes:
         bucket, key = split_s3(ref.uri)
@@ -218,22 +84,103 @@ class S3Store:
         except NoCredentialsError:
             raise WorkerFault(f"s3://{bucket}/{key}: this worker has no S3 credentials") from None
         except BotoCoreError as exc:
-            raise _Transient(f"s3://{bucket}/{key}: {exc}") from None
+            raise Transient(f"s3://{bucket}/{key}: {exc}") from None
 
-    def list(self, bucket: str, prefix: str, suffixes: tuple[str, ...], *, after: str | None = None,
-             workers: int = 1) -> Iterator[ObjectRef]:
-        """Objects under the prefix in key order, after the key ``after``, one page (1000 keys) at a time.
+    # ------------------------------------------------------------------ the seam
 
-        ``workers`` > 1 lists sub-prefixes concurrently (labelq.listing.fan_out), in the same order.
-        """
-        from .listing import list_keys
+    def head(self, uri: str) -> ObjectRef:
+        bucket, key = split_s3(uri)
 
-        for ref, _ in list_keys(self.client, bucket, prefix, suffixes, after=after, workers=workers):
-            yield ref
+        def call() -> ObjectRef:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                resp = self.client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                raise s3_error(exc, uri) from None
+            except BotoCoreError as exc:
+                raise Transient(f"{uri}: {exc}") from None
+            return ObjectRef(uri, resp.get("ContentLength"), (resp.get("ETag") or "").strip('"') or None)
+
+        return with_backoff(call, self.attempts, what=uri)
+
+    def list(self, prefix_uri: str, suffixes: tuple[str, ...], *, after: str | None = None,
+             workers: int = 1) -> Iterator[tuple[ObjectRef, str]]:
+        """Objects under the prefix in key order after the key ``after`` (cursor: the key); ``workers`` > 1
+        lists sub-prefixes concurrently, in the same order."""
+        bucket, prefix = split_s3(prefix_uri if "/" in prefix_uri[5:] else prefix_uri + "/")
+        return list_keys(S3Pager(self.client), bucket, prefix, suffixes, after=after, workers=workers)
+
+    def tags(self, uri: str) -> dict[str, str]:
+        bucket, key = split_s3(uri)
+        current = self._call(uri, lambda: self.client.get_object_tagging(Bucket=bucket, Key=key))
+        return {t["Key"]: t["Value"] for t in current.get("TagSet", [])}
+
+    def put_tags(self, uri: str, tags: Mapping[str, str]) -> None:
+        bucket, key = split_s3(uri)
+        tag_set = {"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        self._call(uri, lambda: self.client.put_object_tagging(Bucket=bucket, Key=key, Tagging=tag_set))
+
+    def copy(self, uri: str, dest_uri: str) -> None:
+        bucket, key = split_s3(uri)
+        dbucket, dkey = split_s3(dest_uri)
+        self._call(uri, lambda: self.client.copy_object(Bucket=dbucket, Key=dkey,
+                                                        CopySource={"Bucket": bucket, "Key": key}))
+
+    def move(self, uri: str, dest_uri: str) -> None:
+        self.copy(uri, dest_uri)
+        bucket, key = split_s3(uri)
+        self._call(uri, lambda: self.client.delete_object(Bucket=bucket, Key=key))
+
+    def restore(self, uri: str, dest_uri: str) -> None:
+        self.move(uri, dest_uri)
+
+    def quarantine_uri(self, uri: str, prefix: str) -> str:
+        bucket, key = split_s3(uri)
+        return s3_uri(bucket, prefix + key)
+
+    def in_quarantine(self, uri: str, prefix: str) -> bool:
+        return split_s3(uri)[1].startswith(prefix)
+
+    def _call(self, uri: str, call: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        def once() -> Any:
+            try:
+                return call()
+            except ClientError as exc:
+                raise s3_error(exc, uri) from None
+            except BotoCoreError as exc:
+                raise Transient(f"{uri}: {exc}") from None
+
+        return with_backoff(once, self.attempts, what=uri)
 
 
-class _Transient(StorageError):
-    """A failure worth another try (5xx, throttling, timeouts, dropped connections)."""
+class S3Pager:
+    """ListObjectsV2 pages for :mod:`labelq.objects.listing`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def pages(self, bucket: str, prefix: str, after: str | None, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if after is not None:
+            params["StartAfter"] = after
+        if delimiter is not None:
+            params["Delimiter"] = delimiter
+        yield from self.client.get_paginator("list_objects_v2").paginate(**params)
+
+    def uri(self, bucket: str, key: str) -> str:
+        return s3_uri(bucket, key)
+
+    def listing_error(self, exc: BaseException, bucket: str, prefix: str) -> BaseException:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(exc, ClientError):
+            return UsageError(f"cannot list s3://{bucket}/{prefix}: {s3_error(exc, f's3://{bucket}/{prefix}')}")
+        if isinstance(exc, BotoCoreError):
+            return UsageError(f"cannot reach S3 to list s3://{bucket}/{prefix}: {exc}")
+        return exc
 
 
 class ObstoreGets:
@@ -333,7 +280,7 @@ def _ob_error(uri: str, exc: BaseException) -> Exception:
     if isinstance(exc, PermissionError) or status == 403:
         return AccessDenied(f"{uri}: AccessDenied")
     if code in _RETRYABLE_S3 or status is None or status >= 500 or status == 429:
-        return _Transient(f"{uri}: {line}: {' '.join(text.split())[:200]}")  # 5xx, throttling, connections
+        return Transient(f"{uri}: {line}: {' '.join(text.split())[:200]}")  # 5xx, throttling, connections
     return StorageError(f"{uri}: {line}")
 
 
@@ -361,25 +308,8 @@ def s3_error(exc: Any, uri: str) -> Exception:
     if known is not None:
         return known
     if code in _RETRYABLE_S3 or (status is not None and status >= 500):
-        return _Transient(f"{uri}: {code or status}")
+        return Transient(f"{uri}: {code or status}")
     return StorageError(f"{uri}: {code or status}: {exc}")
-
-
-def with_backoff(call: Any, attempts: int, *, what: str, base: float = 0.1, cap: float = 5.0) -> Any:
-    """Run ``call``; on a transient error retry with exponential backoff and full jitter.
-
-    After ``attempts`` tries the last error is raised as a plain StorageError.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except _Transient as exc:
-            if attempt == attempts:
-                raise StorageError(f"{exc} (gave up after {attempts} attempts)") from None
-            delay = backoff(attempt, base, cap)
-            logger.info("transient storage error on %s (attempt %d/%d), retrying in %.2fs", what, attempt, attempts, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def make_s3_client(settings: Settings) -> Any:
@@ -399,32 +329,3 @@ def make_s3_client(settings: Settings) -> Any:
     )
     session = boto3.session.Session()
     return session.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, config=config)
-
-
-# ----------------------------------------------------------------------------- routing
-
-
-class Stores:
-    """Routes a ref to the store its URI scheme names; S3 client made on first use."""
-
-    def __init__(self, settings: Settings, *, local_root: Path | None = None, s3_client: Any = None) -> None:
-        self.settings = settings
-        self.local = LocalStore(local_root if local_root is not None else settings.local_root, max_bytes=settings.max_bytes)
-        self._s3_client = s3_client
-        self._s3: S3Store | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def s3(self) -> S3Store:
-        with self._lock:  # fetch threads race here on a fresh worker: one client, not sixteen
-            if self._s3 is None:
-                self._s3 = S3Store(self.settings, self._s3_client)
-            return self._s3
-
-    def fetch(self, ref: ObjectRef) -> bytes:
-        scheme = ref.uri.split("://", 1)[0]
-        if scheme == "s3":
-            return self.s3.fetch(ref)
-        if scheme == "file":
-            return self.local.fetch(ref)
-        raise AccessDenied(f"unsupported URI scheme {scheme!r}: {ref.uri}")
