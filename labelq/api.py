@@ -181,6 +181,9 @@ class _MemoryFirst:
             return self.blobs.pop(ref.uri)  # fetched once: the engine holds the bytes from here
         return self.stores.fetch(ref)
 
+    def nearby(self, uri: str) -> bool:
+        return uri.startswith(MEMORY_SCHEME) or self.stores.nearby(uri)
+
 
 def _refs(source: Any, settings: Settings) -> tuple[Iterator[ObjectRef], dict[str, bytes], str, Path | None]:
     """What to label: refs, the in-memory images by URI, a job name and the local root for files."""

@@ -215,6 +215,10 @@ class Engine:
         finally:
             self._timed("decode", start)
 
+    def _nearby(self, uri: str) -> bool:
+        nearby = getattr(self.store, "nearby", None)
+        return bool(nearby(uri)) if nearby is not None else False
+
     def _fetch_decode(self, ref: ObjectRef) -> Item:
         try:
             data = self._fetch(ref)
@@ -241,7 +245,7 @@ class Engine:
         I/O threads contending for the GIL cost more than the read.
         """
         feed = self._feed if self._feed is not None and not self._feed.broken else None
-        if feed is None and ref.uri.startswith("file://"):
+        if feed is None and self._nearby(ref.uri):
             return self._decode_pool.submit(self._fetch_decode, ref)
         out: Future[Item] = Future()
 

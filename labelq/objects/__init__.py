@@ -116,3 +116,8 @@ class Stores:
 
     def fetch(self, ref: ObjectRef) -> bytes:
         return self.store(ref.uri).fetch(ref)
+
+    def nearby(self, uri: str) -> bool:
+        """Whether reading ``uri`` is a page-cache read on this host (a local file): no I/O thread needed."""
+        cls = store_class(scheme_of(uri))
+        return bool(cls is not None and getattr(cls, "nearby", False))

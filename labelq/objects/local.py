@@ -55,6 +55,7 @@ class LocalStore:
     listable: ClassVar[bool] = True
     actions: ClassVar[bool] = True
     taggable: ClassVar[bool] = False  # no tags on local files: a tag action is skipped, not failed
+    nearby: ClassVar[bool] = True  # reads come from this host's page cache
 
     def __init__(self, root: Path | None, *, max_bytes: int) -> None:
         self.root = root.resolve() if root is not None else None
