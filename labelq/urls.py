@@ -13,6 +13,8 @@ Redis Sentinel takes Celery's form: ``sentinel://[:PASSWORD@]host[:port][/db]``,
 by ``;`` (``sentinel://h1:26379;sentinel://h2:26379/0``). The password and database are the
 master's and are read from the first sentinel (as kombu reads them); a later one that names
 others is refused. The master's name is not in the URL: it is ``LABELQ_SENTINEL_MASTER``.
+Other brokers may be a failover list in the same form (``amqp://n1//;amqp://n2//``, one scheme):
+kombu connects to the first that answers.
 """
 
 from __future__ import annotations
@@ -179,6 +181,11 @@ def check_broker_url(url: str) -> str:
     if scheme == SENTINEL_SCHEME:
         parse_sentinel_url(url)
         return url
+    if _NEXT_URL.search(url):  # amqp://node1//;amqp://node2//: kombu's failover list (a RabbitMQ cluster)
+        brokers = [part.strip() for part in _NEXT_URL.split(url)]
+        if len({b.split("://", 1)[0].lower() for b in brokers}) > 1:
+            raise ValueError("every URL of a failover list has the same scheme (amqp://node1//;amqp://node2//)")
+        return ";".join(check_broker_url(b) for b in brokers)
     if scheme in ("redis", "rediss"):
         check_redis_url(url)
     parts = _split(url)

@@ -79,3 +79,40 @@ def test_the_redis_master_killed_mid_job_fails_over_and_the_job_ends_done(
     assert state["state"] == "done", state
     labelled_once(env, "ha", tmp_path, uris, str(slow_vit))
     assert "Traceback" not in producer.text()
+    ping = cli(["ping"], env, cwd=tmp_path).check().stdout  # the worker answers through the new master too
+    master = f"(master labelq at 127.0.0.1:{group.replica.port})"
+    assert f"broker: {group.url} {master}" in ping and f"job state (redis): {group.url} {master}" in ping
+    assert "1 answering" in ping
+
+
+def test_rabbitmq_quorum_queues_restarted_mid_job_lose_nothing(
+    tmp_path: Path, redis_url: str, redis_client: Any, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]
+) -> None:
+    """``LABELQ_AMQP_QUORUM=true``: the bulk queue is a quorum queue; RabbitMQ is stopped and started again while
+    chunks wait in it and one is in flight. The waiting ones come back, the one in flight is redelivered."""
+    from tests.support.rabbit import RabbitServer
+
+    rabbit = RabbitServer()
+    try:
+        _need(lambda: rabbit.start_private(timeout=90))  # a node of its own to restart: no shared fallback
+        uris = photos(tmp_path / "in", photo_bytes[:N])
+        env = labelq_env(broker=rabbit.url, redis=redis_url, models=[slow_vit], amqp_quorum="true",
+                         local_root=tmp_path, chunk_size=CHUNK, batch_size=BATCH, stall_timeout=90)
+        worker = procs.worker(env, timeout=180)
+        producer = procs.spawn(["enqueue", str(tmp_path / "in"), "--job", "rq", "--wait"], env, name="enqueue")
+        wait_until(lambda: 0 < int(job_hash(redis_client, "rq").get("ok", 0)) < N - 2 * CHUNK, timeout=120,
+                   every=0.02, what="the job half-way", describe=lambda: worker.tail(30))
+        assert rabbit.queues("type").get("labelq") == "quorum"
+        down = rabbit.restart()
+        print(f"\nRabbitMQ restarted: AMQP unreachable for {down:.2f} s")
+        assert producer.wait(150) == 0, producer.tail(30)
+        assert job_hash(redis_client, "rq")["state"] == "done"
+        labelled_once(env, "rq", tmp_path, uris, str(slow_vit))
+        log = worker.text()
+        assert "Global QoS is disabled" in log and "Connection to broker lost" in log
+        # what the worker could not acknowledge on the closed connection came back and was settled as a duplicate
+        wait_until(lambda: rabbit.queues("messages").get("labelq") == "0", timeout=30, what="the bulk queue empty",
+                   describe=lambda: str(rabbit.queues("messages")))
+    finally:
+        procs.close()
+        rabbit.stop()

@@ -132,3 +132,13 @@ def test_quorum_queues_are_declared_as_quorum_with_a_topic_exchange_and_no_globa
     classic = make_app(load_settings(broker_url="amqp://guest:guest@h:5672//"))
     assert not classic.amqp.queues[settings.queue].queue_arguments
     assert not make_app(load_settings(broker_url="redis://h/0", amqp_quorum=True)).amqp.queues[settings.queue].queue_arguments
+
+
+def test_an_amqp_failover_list_is_checked_url_by_url_and_kept() -> None:
+    three = "amqp://u:p@r1:5672//;amqp://u:p@r2:5672//;amqp://u:p@r3:5672//"
+    assert load_settings(broker_url=three).broker_url == three
+    moved = load_settings(broker_url=f"amqp://r1:5672//?password={SECRET};amqp://r2:5672//").broker_url
+    assert moved == f"amqp://:{SECRET}@r1:5672//;amqp://r2:5672//"
+    assert "same scheme" in refused(broker_url="amqp://r1//;redis://r2:6379/0")
+    assert "unencoded /, ? or #" in refused(broker_url=f"amqp://r1//;amqp://u:{SECRET}/x@r2//")
+    assert redact(f"amqp://u:{SECRET}@r1//;amqp://u:{SECRET}@r2//") == "amqp://u:***@r1//;amqp://u:***@r2//"
