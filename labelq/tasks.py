@@ -88,5 +88,6 @@ def quorum_options(settings: Settings) -> dict[str, Any]:
         "task_default_queue_type": "quorum",  # the bulk queue (task_default_queue)
         "task_create_missing_queue_type": "quorum",  # the live queue, made when first named
         "task_default_exchange_type": "topic",
+        "task_create_missing_queue_exchange_type": "topic",
         "worker_detect_quorum_queues": True,
     }

@@ -127,7 +127,8 @@ def test_quorum_queues_are_declared_as_quorum_with_a_topic_exchange_and_no_globa
     app = make_app(settings)
     queue = app.amqp.queues[settings.queue]
     assert queue.queue_arguments == {"x-queue-type": "quorum"} and queue.exchange.type == "topic"
-    assert app.amqp.queues[settings.live_queue].queue_arguments == {"x-queue-type": "quorum"}
+    live = app.amqp.queues[settings.live_queue]
+    assert live.queue_arguments == {"x-queue-type": "quorum"} and live.exchange.type == "topic"
     assert detect_quorum_queues(app, "amqp") == (True, settings.queue)
     classic = make_app(load_settings(broker_url="amqp://guest:guest@h:5672//"))
     assert not classic.amqp.queues[settings.queue].queue_arguments
