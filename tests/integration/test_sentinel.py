@@ -86,3 +86,25 @@ def test_ping_names_the_master_the_sentinels_point_at(group: SentinelGroup) -> N
     group.kill_master()
     group.wait_failover(old)
     assert f"(master labelq at 127.0.0.1:{group.replica.port})" in check_redis(settings).detail
+
+
+def test_a_password_protected_master_is_reached_through_the_sentinels_and_never_shown(tmp_path: Path) -> None:
+    secret = "Zq7se/cret"  # a / in it: percent-encoded in the URL
+    with _need(lambda: SentinelGroup(tmp_path / "pw", sentinels=1, password=secret)) as group:
+        url = group.url.replace(secret, "Zq7se%2Fcret")
+        settings = load_settings(broker_url=url, sentinel_master=group.name)
+        client = connect(settings.broker_url, master=group.name)
+        client.set("k", "v")
+        assert group.master.client().get("k") == b"v"
+        app = make_app(settings)
+        with app.connection_for_write() as conn:  # kombu's sentinel transport sends the master the password too
+            queue = conn.SimpleQueue("pw-test")
+            queue.put({"n": 1})
+            assert queue.get(timeout=5).payload == {"n": 1}
+            queue.close()
+        checks = [check_redis(settings), check_broker(settings, app)]
+        assert all(c.ok for c in checks) and not any("Zq7se" in c.detail for c in checks)
+        assert all(f"(master labelq at 127.0.0.1:{group.master.port})" in c.detail for c in checks)
+        with pytest.raises(UsageError) as caught:
+            connect(url.replace("Zq7se%2Fcret", "wrong"), master=group.name, retries=0)
+        assert "cannot reach Redis" in str(caught.value) and "wrong" not in str(caught.value)

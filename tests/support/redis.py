@@ -50,8 +50,9 @@ class RedisServer:
     """
 
     def __init__(self, folder: Path, *, aof: bool = False, port: int | None = None, log: Path | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), password: str | None = None) -> None:
         self.binary = which("redis-server", "redis-server")
+        self.auth = password  # --requirepass (and --masterauth, for a replica of a server with the same)
         self.folder = folder
         self.aof = aof
         self.extra = extra  # more arguments, e.g. ("--replicaof", HOST, "6379")
@@ -80,13 +81,16 @@ class RedisServer:
         ]  # fmt: skip
         if self.aof:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.auth:
+            argv += ["--requirepass", self.auth, "--masterauth", self.auth]
         return argv + list(self.extra)
 
     def client(self, **options: Any) -> Any:
         """A new ``redis.Redis`` connected to this server (close it when done); ``options`` override the defaults."""
         import redis
 
-        settings: dict[str, Any] = {"db": 0, "socket_connect_timeout": 2, "socket_timeout": 5, **options}
+        settings: dict[str, Any] = {"db": 0, "socket_connect_timeout": 2, "socket_timeout": 5,
+                                    "password": self.auth, **options}
         return redis.Redis(host=HOST, port=self.port, **settings)
 
     def ping(self) -> bool:
@@ -160,6 +164,7 @@ class SentinelServer(RedisServer):
             f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}",
             f"sentinel parallel-syncs {self.name} 1",
             f"sentinel myid {self.myid}",
+            *([f"sentinel auth-pass {self.name} {self.master.auth}"] if self.master.auth else []),
             *self.known,
             "",
         ]))  # fmt: skip
@@ -178,11 +183,12 @@ class SentinelGroup:
     """
 
     def __init__(self, folder: Path, *, sentinels: int = 3, name: str = "labelq", down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 3000) -> None:
-        self.folder, self.name = folder, name
+                 failover_timeout_ms: int = 3000, password: str | None = None) -> None:
+        self.folder, self.name, self.password = folder, name, password
         fast_sync = ("--repl-diskless-sync-delay", "0")  # a replica's first sync at once, not after 5 s
-        self.master = RedisServer(folder / "master", extra=fast_sync)
-        self.replica = RedisServer(folder / "replica", extra=(*fast_sync, "--replicaof", HOST, str(self.master.port)))
+        self.master = RedisServer(folder / "master", extra=fast_sync, password=password)
+        self.replica = RedisServer(folder / "replica", extra=(*fast_sync, "--replicaof", HOST, str(self.master.port)),
+                                   password=password)
         self.sentinels = [
             SentinelServer(folder / f"sentinel-{i}", name=name, master=self.master, quorum=sentinels // 2 + 1,
                            down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
@@ -196,8 +202,11 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        """``sentinel://127.0.0.1:P1;sentinel://127.0.0.1:P2;...`` (db 0)."""
-        return ";".join(f"sentinel://{HOST}:{s.port}" for s in self.sentinels)
+        """``sentinel://[:PASSWORD@]127.0.0.1:P1/0;sentinel://127.0.0.1:P2;...`` (the master's password and db on
+        the first sentinel, as kombu reads them)."""
+        auth = f":{self.password}@" if self.password else ""
+        first, *rest = self.sentinels
+        return ";".join([f"sentinel://{auth}{HOST}:{first.port}/0", *(f"sentinel://{HOST}:{s.port}" for s in rest)])
 
     @property
     def servers(self) -> list[RedisServer]:
