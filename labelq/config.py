@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import UsageError
-from .urls import check_broker_url, check_endpoint_url, check_redis_url, is_redis_url
+from .urls import check_broker_url, check_endpoint_url, check_redis_url, is_redis_url, is_sentinel_url
 from .urls import redact as redact  # re-exported: labelq.config.redact is used across the package
 
 DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     )
 
     # --- services
-    broker_url: str = Field("redis://localhost:6379/0", description="Celery broker (redis://, rediss://, amqp://)")
+    broker_url: str = Field(
+        "redis://localhost:6379/0", description="Celery broker (redis://, rediss://, sentinel://h1:26379;sentinel://h2:26379, amqp://)"
+    )
     results_url: str | None = Field(
         None, description="Result store for distributed jobs: redis://, postgresql://, sqlite://, parquet:///abs/folder, "
         "parquet+s3://bucket/prefix; default: the broker's Redis"
@@ -51,6 +53,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for job state; default: results_url or broker_url when they are Redis"
     )
+    sentinel_master: str | None = Field(
+        None, validate_default=True, description="name of the Redis master the sentinels of a sentinel:// URL watch"
+    )
+    amqp_quorum: bool = Field(False, description="RabbitMQ: declare labelq's queues as quorum queues (replicated)")
     db_url: str = Field("sqlite:///labelq.db", description="SQL result table of `labelq run`")
     result_ttl: int = Field(30 * 24 * 3600, ge=0, description="seconds Redis keeps records and job state; 0 keeps them forever")
 
@@ -180,9 +186,9 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, value: str) -> str:
-        if value.split("://", 1)[0] not in ("redis", "rediss", "amqp", "amqps", "pyamqp", "memory"):
+        if value.split("://", 1)[0] not in ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"):
             got = value.split("://", 1)[0] + "://" if "://" in value else "a URL without a scheme"
-            raise ValueError(f"use redis://, rediss:// or amqp://, not {got}")
+            raise ValueError(f"use redis://, rediss://, sentinel:// or amqp://, not {got}")
         return check_broker_url(value)
 
     @field_validator("redis_url", "results_url")
@@ -192,6 +198,16 @@ class Settings(BaseSettings):
         if is_redis_url(value):
             return check_redis_url(value)
         return value
+
+    @field_validator("sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A sentinel:// URL is useless without the name of the master its sentinels watch."""
+        named = [f"LABELQ_{k.upper()}" for k in ("broker_url", "redis_url", "results_url") if is_sentinel_url(info.data.get(k))]
+        if named and not (value or "").strip():
+            raise ValueError(f"{' and '.join(named)} {'names' if len(named) == 1 else 'name'} Redis Sentinels: set the name of the master they watch, "
+                             "e.g. LABELQ_SENTINEL_MASTER=mymaster")
+        return value.strip() if value else value
 
     @field_validator("s3_endpoint_url", "sqs_endpoint_url")
     @classmethod

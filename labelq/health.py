@@ -23,7 +23,7 @@ def check_broker(settings: Settings, app: Any) -> Check:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)
-        return Check("broker", True, redact(settings.broker_url))
+        return Check("broker", True, redact(settings.broker_url) + _master(settings, settings.broker_url))
     except Exception as exc:  # noqa: BLE001 - any failure is "down"
         return Check("broker", False, f"{redact(settings.broker_url)}: {exc}")
 
@@ -32,11 +32,22 @@ def check_redis(settings: Settings) -> Check:
     from .redis_client import connect
 
     try:
-        client = connect(settings.jobs_redis, check=False, retries=1)
+        client = connect(settings.jobs_redis, master=settings.sentinel_master, check=False, retries=1)
         client.ping()
-        return Check("job state (redis)", True, redact(settings.jobs_redis))
+        return Check("job state (redis)", True, redact(settings.jobs_redis) + _master(settings, settings.jobs_redis))
     except Exception as exc:  # noqa: BLE001
         return Check("job state (redis)", False, f"{redact(settings.jobs_redis)}: {exc}")
+
+
+def _master(settings: Settings, url: str) -> str:
+    """`` (master NAME at HOST:PORT)`` for a sentinel:// URL: where the sentinels say the master is now."""
+    from .redis_client import master_address
+
+    try:
+        address = master_address(url, settings.sentinel_master)
+    except Exception as exc:  # noqa: BLE001 - the check itself passed; say what the sentinels said
+        return f" (master {settings.sentinel_master}: {exc})"
+    return f" (master {settings.sentinel_master} at {address[0]}:{address[1]})" if address else ""
 
 
 def check_results(settings: Settings) -> Check | None:

@@ -79,6 +79,6 @@ def open_records(settings: Settings, redis: Any | None = None) -> Any:
 
 def open_services(settings: Settings, *, check: bool = True) -> Services:
     """Connect to the job Redis (pinged when ``check``) and open the record store."""
-    redis = connect(settings.jobs_redis, check=check)
+    redis = connect(settings.jobs_redis, master=settings.sentinel_master, check=check)
     book = JobBook(redis, ttl=settings.result_ttl)
     return Services(settings=settings, redis=redis, book=book, records=open_records(settings, redis))

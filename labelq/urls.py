@@ -8,20 +8,76 @@ A password holding ``/``, ``?``, ``#``, ``[`` or ``]`` must be percent-encoded i
 userinfo part: unencoded, no parser can tell where it ends, so it is refused with a
 message that never repeats it. ``@`` and ``:`` parse either way (the last ``@`` ends
 the userinfo, the first ``:`` starts the password).
+
+Redis Sentinel takes Celery's form: ``sentinel://[:PASSWORD@]host[:port][/db]``, several joined
+by ``;`` (``sentinel://h1:26379;sentinel://h2:26379/0``). The password and database are the
+master's and are read from the first sentinel (as kombu reads them); a later one that names
+others is refused. The master's name is not in the URL: it is ``LABELQ_SENTINEL_MASTER``.
+Other brokers may be a failover list in the same form (``amqp://n1//;amqp://n2//``, one scheme):
+kombu connects to the first that answers.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TypeGuard
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEME = "sentinel"
+REDIS_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+SENTINEL_PORT = 26379  # a sentinel's port when the URL names none
+SENTINEL_TIMEOUT_S = 2.0  # seconds: a sentinel that does not answer within this is skipped for the next
+# where one URL of a ``;``-joined list ends: before the next ``scheme://``
+_NEXT_URL = re.compile(r";(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def is_redis_url(url: str | None) -> TypeGuard[str]:
-    """The one "is this a Redis URL?" check: redis://, rediss:// (TLS) and unix:// (a socket), as redis-py reads them."""
+    """The one "is this a Redis URL?" check: redis://, rediss:// (TLS), unix:// (a socket) and sentinel:// (Sentinel)."""
     return bool(url) and str(url).split("://", 1)[0].lower() in REDIS_SCHEMES
+
+
+def is_sentinel_url(url: str | None) -> TypeGuard[str]:
+    """Whether ``url`` names Redis Sentinels (``sentinel://h1:26379;sentinel://h2:26379``)."""
+    return bool(url) and str(url).split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``sentinel://`` URL: the sentinels' addresses and the master's database and credentials."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """The sentinels, database and credentials of ``url``; ValueError says what is wrong without echoing secrets."""
+    sentinels: list[tuple[str, int]] = []
+    given: list[tuple[int, str | None, str | None] | None] = []  # (db, user, password) of each sentinel, if any
+    for part in _NEXT_URL.split(url.strip()):
+        parts = _split(part.strip())
+        if parts.scheme.lower() != SENTINEL_SCHEME:
+            raise ValueError(f"every URL of a sentinel list starts with sentinel://, not {parts.scheme}://")
+        if not parts.hostname:
+            raise ValueError("a sentinel:// URL needs a host, e.g. sentinel://10.0.0.1:26379")
+        if parts.query or parts.fragment:
+            raise ValueError("a sentinel:// URL takes no ?options: give the password as sentinel://:PASSWORD@host:26379")
+        db = unquote(parts.path).strip("/")
+        if db and not db.isdigit():
+            raise ValueError("the database after the sentinel must be a number, e.g. sentinel://host:26379/0")
+        sentinels.append((parts.hostname, parts.port or SENTINEL_PORT))
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        given.append((int(db or 0), user, password) if db or user or password is not None else None)
+    first = given[0] or (0, None, None)
+    if any(g is not None and g != first for g in given[1:]):
+        raise ValueError("the sentinels name different databases or passwords: give them on the first sentinel "
+                         "(sentinel://:PASSWORD@h1:26379/0;sentinel://h2:26379), or the same on each")
+    return SentinelURL(tuple(sentinels), *first)
+
+
 # query parameters whose value is hidden by redact(): passwords, tokens, keys, signatures (SQS/S3 presigned URLs)
 SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session|cookie", re.IGNORECASE)
 ENCODE_HINT = (
@@ -38,6 +94,8 @@ def redact(url: str | None) -> str:
     """
     if not url or "://" not in url:
         return url or ""
+    if _NEXT_URL.search(url):  # sentinel://h1;sentinel://h2: each URL of the list on its own
+        return ";".join(redact(part) for part in _NEXT_URL.split(url))
     scheme, rest = url.split("://", 1)
     parts = _parse(url)
     if parts is None or "@" in parts.path + parts.query + parts.fragment:
@@ -95,10 +153,13 @@ def check_redis_url(url: str) -> str:
     """A Redis URL as redis-py accepts it, unchanged; ValueError says what is wrong without echoing secrets."""
     from redis.connection import parse_url
 
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+        return url
     parts = _split(url)
     scheme = parts.scheme.lower()
     if scheme not in REDIS_SCHEMES:
-        raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://, not {scheme}://")
+        raise ValueError(f"a Redis URL starts with redis://, rediss://, unix:// or sentinel://, not {scheme}://")
     query = _query(parts)
     _given_once(parts, query)
     if scheme != "unix" and "db" not in query:
@@ -117,6 +178,14 @@ def check_broker_url(url: str) -> str:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         return url
+    if scheme == SENTINEL_SCHEME:
+        parse_sentinel_url(url)
+        return url
+    if _NEXT_URL.search(url):  # amqp://node1//;amqp://node2//: kombu's failover list (a RabbitMQ cluster)
+        brokers = [part.strip() for part in _NEXT_URL.split(url)]
+        if len({b.split("://", 1)[0].lower() for b in brokers}) > 1:
+            raise ValueError("every URL of a failover list has the same scheme (amqp://node1//;amqp://node2//)")
+        return ";".join(check_broker_url(b) for b in brokers)
     if scheme in ("redis", "rediss"):
         check_redis_url(url)
     parts = _split(url)

@@ -67,7 +67,7 @@ class Runtime:
             from .redis_client import connect
 
             self.metrics = Metrics()
-            broker = connect(settings.broker_url) if is_redis_url(settings.broker_url) else None
+            broker = connect(settings.broker_url, master=settings.sentinel_master) if is_redis_url(settings.broker_url) else None
             if broker is not None:
                 self.metrics.watch_queue(broker, [settings.queue, settings.live_queue], self.book)
             self.metrics.serve(settings.metrics_port)

@@ -37,7 +37,7 @@ def worker(
 
     settings = load_settings()
     setup_logging(settings)
-    connect(settings.jobs_redis)  # fail fast, with one clear line, when Redis is down
+    connect(settings.jobs_redis, master=settings.sentinel_master)  # fail fast, with one clear line, when Redis is down
     raise typer.Exit(run_workers(devices, settings, loglevel=loglevel, name=name, live=live))
 
 

@@ -204,7 +204,7 @@ def _job_records(job: str, settings: Settings) -> tuple[Any, Callable[[], None]]
 
     why = "not in the job book"
     try:
-        connect(settings.jobs_redis, retries=0).close()  # one quick try: no Redis must not cost seconds
+        connect(settings.jobs_redis, master=settings.sentinel_master, retries=0).close()  # one quick try: no Redis must not cost seconds
         reachable = True
     except UsageError:
         reachable, why = False, "no job Redis reachable"

@@ -31,8 +31,9 @@ class RedisStore:
         self.ttl = ttl
 
     @classmethod
-    def from_url(cls, url: str, *, ttl: int = 0, **_: Any) -> RedisStore:
-        return cls(connect(url), ttl=ttl)
+    def from_url(cls, url: str, *, ttl: int = 0, settings: Any = None, **_: Any) -> RedisStore:
+        """``settings`` names the Sentinel master of a ``sentinel://`` URL."""
+        return cls(connect(url, master=getattr(settings, "sentinel_master", None)), ttl=ttl)
 
     def write(self, records: Sequence[Record], *, chunk: str | None = None, pipeline: Any = None) -> None:
         """Store records in the global and their job's hashes: one round trip (or into ``pipeline``).

@@ -6,7 +6,8 @@ is a wrapper that switches to the ``rabbitmq`` user and drops our environment),
 with its own ``HOME`` holding its own Erlang cookie, its own mnesia, log, config,
 env-config and (empty) plugins files, AMQP and Erlang distribution on free ports;
 it registers with the machine's epmd (or starts one). Ready in ~4 s here; stopped
-with ``rabbitmqctl -n NODE stop``. Only if it is not up within 20 s is a fresh
+with ``rabbitmqctl -n NODE stop``; :meth:`RabbitServer.restart` stops it that way and starts it again
+on the same ports and data (durable queues and persistent messages come back). Only if it is not up within 20 s is a fresh
 vhost made on the machine's node at 127.0.0.1:5672 (guest/guest) with
 ``rabbitmqctl add_vhost`` and ``set_permissions``, and deleted at the end.
 """
@@ -142,6 +143,26 @@ class RabbitServer:
         )
         self.mode = "private"
         self.startup_s = time.monotonic() - start
+
+    def restart(self, timeout: float = 30.0) -> float:
+        """Stop the private node (``rabbitmqctl stop``, as an operator would) and start it again on the same ports,
+        cookie and data folder; the seconds AMQP was unreachable."""
+        if self.mode != "private" or self.process is None:
+            raise ServerError("only a private node can be restarted")
+        start = time.monotonic()
+        self.ctl("stop", timeout=30)
+        if not self.process.wait_gone(20):
+            raise ServerError(f"RabbitMQ node {self.node} did not stop\n{self.process.tail()}")
+        self.process.start()
+        wait_until(lambda: amqp_connects(self.url), timeout=timeout, every=0.05, what=f"RabbitMQ node {self.node} back",
+                   log=self.process.log, alive=self.process.alive)
+        return time.monotonic() - start
+
+    def queues(self, column: str) -> dict[str, str]:
+        """Queue name → ``column`` of ``rabbitmqctl list_queues`` (``type``: classic/quorum; ``messages``: ready +
+        unacknowledged) on the private node."""
+        out = self.ctl("list_queues", "name", column, "--no-table-headers", "--quiet").stdout
+        return dict(line.split("\t")[:2] for line in out.splitlines() if "\t" in line)
 
     def _stop_private(self) -> None:
         if self.process is not None:

@@ -9,7 +9,16 @@ The helpers below read a kombu Redis transport without consuming: the messages a
 producer published (:func:`queued_chunks`), the ones a worker holds
 (:func:`unacked_chunks`), every command the server ran (:class:`RedisMonitor`) and
 its ``INFO commandstats`` (:func:`commandstats`).
+
+:class:`SentinelGroup` is Redis with high availability, for real: a master, a replica
+(``--replicaof``) and 1 to 3 ``redis-server --sentinel`` watching the master under the
+name ``labelq``, with a failure detected after ``down_after_ms`` (1 s) and a failover
+retried after ``failover_timeout_ms`` (3 s); :meth:`SentinelGroup.kill_master`
+SIGKILLs the master and :meth:`SentinelGroup.wait_failover` waits for the promotion.
+Each sentinel's config names the replica and the other sentinels, so none has to discover
+them (that takes seconds): the group is ready in well under a second.
 """
+
 
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import HOST, Proc, ProcError, free_port, wait_until, which
+from tests.support.procs import HOST, Proc, ProcError, free_port, log_tail, wait_until, which
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +49,13 @@ class RedisServer:
     ``folder/redis.log`` unless ``log`` says otherwise.
     """
 
-    def __init__(self, folder: Path, *, aof: bool = False, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(self, folder: Path, *, aof: bool = False, port: int | None = None, log: Path | None = None,
+                 extra: tuple[str, ...] = (), password: str | None = None) -> None:
         self.binary = which("redis-server", "redis-server")
+        self.auth = password  # --requirepass (and --masterauth, for a replica of a server with the same)
         self.folder = folder
         self.aof = aof
+        self.extra = extra  # more arguments, e.g. ("--replicaof", HOST, "6379")
         self.port = port or free_port()
         self.log = log or folder / "redis.log"
         self.process: Proc | None = None
@@ -69,13 +81,16 @@ class RedisServer:
         ]  # fmt: skip
         if self.aof:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
-        return argv
+        if self.auth:
+            argv += ["--requirepass", self.auth, "--masterauth", self.auth]
+        return argv + list(self.extra)
 
     def client(self, **options: Any) -> Any:
         """A new ``redis.Redis`` connected to this server (close it when done); ``options`` override the defaults."""
         import redis
 
-        settings: dict[str, Any] = {"db": 0, "socket_connect_timeout": 2, "socket_timeout": 5, **options}
+        settings: dict[str, Any] = {"db": 0, "socket_connect_timeout": 2, "socket_timeout": 5,
+                                    "password": self.auth, **options}
         return redis.Redis(host=HOST, port=self.port, **settings)
 
     def ping(self) -> bool:
@@ -113,6 +128,148 @@ class RedisServer:
             self.process = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _replication(server: RedisServer) -> dict[str, Any]:
+    with contextlib.closing(server.client(decode_responses=True)) as client:
+        return dict(client.info("replication"))
+
+
+class SentinelServer(RedisServer):
+    """One ``redis-server sentinel.conf --sentinel`` on a free port, watching ``master`` as ``name``."""
+
+    def __init__(self, folder: Path, *, name: str, master: RedisServer, quorum: int, down_after_ms: int,
+                 failover_timeout_ms: int) -> None:
+        super().__init__(folder)
+        self.name, self.master = name, master
+        self.quorum, self.down_after_ms, self.failover_timeout_ms = quorum, down_after_ms, failover_timeout_ms
+        self.myid = f"{self.port:040x}"  # a sentinel's run id: 40 hex digits, here from its (unique) port
+        self.known: list[str] = []  # more config lines: the replica and the other sentinels, so none waits to find them
+
+    def argv(self) -> list[str]:
+        """The config file (sentinels rewrite theirs) then ``--sentinel``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        conf = self.folder / "sentinel.conf"
+        conf.write_text("\n".join([
+            f"port {self.port}",
+            f"bind {HOST}",
+            "protected-mode no",
+            f"dir {self.folder}",
+            f"sentinel monitor {self.name} {HOST} {self.master.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {self.name} 1",
+            f"sentinel myid {self.myid}",
+            *([f"sentinel auth-pass {self.name} {self.master.auth}"] if self.master.auth else []),
+            *self.known,
+            "",
+        ]))  # fmt: skip
+        return [self.binary, str(conf), "--sentinel", "--loglevel", "notice"]
+
+    def master_info(self) -> dict[str, Any]:
+        """``SENTINEL MASTER name``: the master's address, flags, known replicas and sentinels."""
+        with contextlib.closing(self.client(decode_responses=True)) as client:
+            return dict(client.sentinel_master(self.name))
+
+
+class SentinelGroup:
+    """A master, one replica and ``sentinels`` sentinels (quorum: a majority) on free ports, under ``name``.
+
+    :attr:`url` is the sentinel:// URL labelq takes (with ``LABELQ_SENTINEL_MASTER`` = :attr:`name`).
+    """
+
+    def __init__(self, folder: Path, *, sentinels: int = 3, name: str = "labelq", down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000, password: str | None = None) -> None:
+        self.folder, self.name, self.password = folder, name, password
+        fast_sync = ("--repl-diskless-sync-delay", "0")  # a replica's first sync at once, not after 5 s
+        self.master = RedisServer(folder / "master", extra=fast_sync, password=password)
+        self.replica = RedisServer(folder / "replica", extra=(*fast_sync, "--replicaof", HOST, str(self.master.port)),
+                                   password=password)
+        self.sentinels = [
+            SentinelServer(folder / f"sentinel-{i}", name=name, master=self.master, quorum=sentinels // 2 + 1,
+                           down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
+            for i in range(sentinels)
+        ]
+        for s in self.sentinels:
+            s.known = [f"sentinel known-replica {name} {HOST} {self.replica.port}"] + [
+                f"sentinel known-sentinel {name} {HOST} {o.port} {o.myid}" for o in self.sentinels if o is not s
+            ]
+        self.startup_s = 0.0
+
+    @property
+    def url(self) -> str:
+        """``sentinel://[:PASSWORD@]127.0.0.1:P1/0;sentinel://127.0.0.1:P2;...`` (the master's password and db on
+        the first sentinel, as kombu reads them)."""
+        auth = f":{self.password}@" if self.password else ""
+        first, *rest = self.sentinels
+        return ";".join([f"sentinel://{auth}{HOST}:{first.port}/0", *(f"sentinel://{HOST}:{s.port}" for s in rest)])
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """The data servers (the master as started, the replica as started)."""
+        return [self.master, self.replica]
+
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
+        """Start everything and wait until every sentinel knows the replica and every other sentinel."""
+        start = time.monotonic()
+        self.master.start()
+        self.replica.start()
+        wait_until(lambda: _replication(self.replica).get("master_link_status") == "up",
+                   timeout=timeout, what="the replica in sync", log=self.replica.log)
+        for s in self.sentinels:
+            s.start()
+        others = len(self.sentinels) - 1
+
+        def known() -> bool:
+            infos = [s.master_info() for s in self.sentinels]
+            return all(int(i["num-slaves"]) >= 1 and int(i["num-other-sentinels"]) >= others for i in infos)
+
+        wait_until(known, timeout=timeout, every=0.1, what="sentinels that know the replica and each other",
+                   describe=lambda: "\n".join(str(s.master_info()) for s in self.sentinels))
+        self.startup_s = time.monotonic() - start
+        logger.info("sentinel group %s ready in %.2f s", self.url, self.startup_s)
+        return self
+
+    def master_port(self) -> int:
+        """The master's port as the first sentinel that answers sees it now."""
+        for s in self.sentinels:
+            with contextlib.suppress(Exception):
+                return int(s.master_info()["port"])
+        raise ProcError("no sentinel answers")
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(r for r in self.servers if r.port == port)
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master (no shutdown, no flush): the server it was."""
+        server = self.server_on(self.master_port())
+        assert server.process is not None
+        server.process.kill()
+        server.process = None
+        return server
+
+    def wait_failover(self, old_port: int, timeout: float = 30.0) -> RedisServer:
+        """Wait until the sentinels name a new master that says it is one; that server."""
+
+        def promoted() -> RedisServer | None:
+            port = self.master_port()
+            if port == old_port:
+                return None
+            server = self.server_on(port)
+            return server if _replication(server)["role"] == "master" else None
+
+        return wait_until(promoted, timeout=timeout, every=0.05, what=f"a new master (old: port {old_port})",
+                          describe=lambda: "\n".join(log_tail(s.log) for s in self.sentinels))
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.stop()
+
+    def __enter__(self) -> SentinelGroup:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
