@@ -83,3 +83,11 @@ class UsageError(Exception):
 
     The CLI prints its message as one line on stderr and exits non-zero.
     """
+
+
+class SourceError(UsageError):
+    """What a source holds cannot be listed: a manifest that is not text, a corrupt inventory part.
+
+    Raised while listing, possibly after part of the source was enqueued; the producer marks the job
+    ``failed`` with this message (``labelq status`` shows it) instead of leaving it ``listing``.
+    """

@@ -32,6 +32,10 @@ def console(
 
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
+    if settings.policy is not None:  # the review pages show its rules: a bad file is an error now, not a blank later
+        from ..moderation import load_policy
+
+        load_policy(settings.policy)
     err.print(f"labelq console on http://{settings.console_host}:{settings.console_port}/", highlight=False)
     serve(settings)
 
