@@ -58,12 +58,13 @@ def moderate_apply(
     from ..services import open_services
     from ..storage import Stores
 
+    rules = load_policy(policy)  # a bad file is told before any service is opened
     settings = load_settings()
     setup_logging(settings, quiet=True)
     services = open_services(settings)
     services.job(job)
     book, store = services.book, services.records
-    moderator = Moderator(load_policy(policy), redis=book.redis, stores=Stores(settings))
+    moderator = Moderator(rules, redis=book.redis, stores=Stores(settings))
     total: dict[str, int] = {}
     for page in chunks(store.iter_records(job), 1000):
         actions = moderator.plan(page) if dry_run else moderator.apply(page)
