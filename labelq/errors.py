@@ -105,3 +105,11 @@ class JobStalled(UsageError):
         self.seconds = seconds
         super().__init__(f"job {getattr(info, 'id', '?')}: nothing moved for {seconds:g}s: is a worker running "
                          "for its queue and models? (`labelq ping`)")
+
+
+class SourceError(UsageError):
+    """What a source holds cannot be listed: a manifest that is not text, a corrupt inventory part.
+
+    Raised while listing, possibly after part of the source was enqueued; the producer marks the job
+    ``failed`` with this message (``labelq status`` shows it) instead of leaving it ``listing``.
+    """

@@ -137,6 +137,8 @@ def open_checked(data: bytes, limits: Limits) -> Image.Image:
         raise TooLarge(f"{width}x{height} = {pixels} pixels is over the limit of {limits.max_pixels} (LABELQ_MAX_PIXELS)")
     if width < 1 or height < 1:
         raise Corrupt(f"image has no pixels ({width}x{height})")
+    if fmt in ("JPEG", "MPO"):
+        check_jpeg_data(data, im)
     return im
 
 
@@ -164,11 +166,83 @@ def _draft(im: Image.Image, geometries: Sequence[Geometry]) -> None:
 
 
 def _orient(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation in place: no copy of the pixels when there is none to apply
+    (``exif_transpose`` without ``in_place`` copies every image, 300 MB for a 10000x10000 RGB one)."""
     try:
-        return ImageOps.exif_transpose(im) or im
+        ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # a broken EXIF block must not lose the image
         logger.debug("ignoring unreadable EXIF orientation", exc_info=True)
-        return im
+    return im
+
+
+# libjpeg fills the blocks after a premature end of the data with grey and only warns (Pillow drops the
+# warning), so a JPEG cut short and closed with an EOI marker decodes "fine". Every block costs at least
+# 2 bits in a sequential Huffman scan (a DC code and an AC code, each at least 1 bit) and 1 bit in the
+# first DC scan of a progressive one: entropy-coded data shorter than that cannot hold the image.
+_SOF_SEQUENTIAL = (0xC0, 0xC1)  # baseline, extended (Huffman)
+_SOF_PROGRESSIVE = (0xC2,)
+_NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI: markers without a length field
+
+
+def check_jpeg_data(data: bytes, im: Image.Image) -> None:
+    """Corrupt when a JPEG's entropy-coded data is too short for the blocks its header declares.
+
+    A cheap structural check (marker lengths only, no decoding): the file that claims 10000x10000
+    and holds a few kilobytes is ``corrupt``, never a grey image labelled ``ok``.
+    """
+    sof, pos, end = None, 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return  # not the marker layout we know: leave it to the decoder
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _NO_LENGTH:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # SOS: the entropy-coded data follows its header
+            if sof is None:
+                return
+            scan = _entropy_bytes(data, pos + 2 + length)
+            blocks = _blocks(sof, im)
+            need = blocks // 4 if sof[0] in _SOF_SEQUENTIAL else blocks // 8
+            if scan < need:
+                raise Corrupt(f"JPEG data is truncated: {im.width}x{im.height} needs at least {need} bytes of "
+                              f"image data, the file holds {scan}")
+            return
+        if marker in _SOF_SEQUENTIAL + _SOF_PROGRESSIVE:
+            sof = (marker, data[pos + 4:pos + 2 + length])
+        elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return  # lossless or arithmetic coding: no simple lower bound
+        pos += 2 + length
+
+
+def _entropy_bytes(data: bytes, start: int) -> int:
+    """Bytes from ``start`` to the end of the file, less a trailing EOI marker (and padding after it)."""
+    tail = data.rstrip(b"\0")
+    if tail.endswith(b"\xff\xd9"):
+        tail = tail[:-2]
+    return max(0, len(tail) - start)
+
+
+def _blocks(sof: tuple[int, bytes], im: Image.Image) -> int:
+    """8x8 blocks of every component of a frame (its SOF segment's body), as libjpeg counts them."""
+    body = sof[1]
+    if len(body) < 6:
+        return 0
+    height, width, n = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big"), body[5]
+    comps = [(body[6 + 3 * i + 1] >> 4, body[6 + 3 * i + 1] & 15) for i in range(n) if 6 + 3 * i + 2 <= len(body)]
+    if not comps or not width or not height:
+        return 0
+    hmax, vmax = max(h for h, _ in comps) or 1, max(v for _, v in comps) or 1
+    total = 0
+    for h, v in comps:
+        cw = -(-width * h // hmax)
+        ch = -(-height * v // vmax)
+        total += -(-cw // 8) * -(-ch // 8)
+    return total
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -182,9 +256,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
         if mode == "RGB":
             return im
     if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # paste through its own alpha onto white: the same pixels as alpha_composite + convert, one RGB
+        # image made instead of three full-size copies
+        rgba = im if mode == "RGBA" else im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba)
+        return background
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0

@@ -28,13 +28,14 @@ import logging
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
-from .errors import UsageError
+from .errors import SourceError, UsageError
 from .objects import ObjectRef, Stores, kept, s3_error, s3_uri, split_s3
 
 logger = logging.getLogger(__name__)
@@ -92,28 +93,28 @@ def load_report(location: str, stores: Stores) -> Report:
     """Read and check a manifest.json; anything malformed is one UsageError line."""
     raw = _read_manifest(location, stores)
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw.decode("utf-8-sig"))  # a BOM is not JSON, but editors write one
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{location}: not an S3 Inventory manifest: bad JSON ({exc})") from None
+        raise SourceError(f"{location}: not an S3 Inventory manifest: bad JSON ({exc})") from None
     if not isinstance(doc, dict):
-        raise UsageError(f"{location}: not an S3 Inventory manifest: expected a JSON object")
+        raise SourceError(f"{location}: not an S3 Inventory manifest: expected a JSON object")
     files = doc.get("files")
     if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("key"), str) for f in files):
-        raise UsageError(f"{location}: not an S3 Inventory manifest: no \"files\" list of {{\"key\": ...}}")
+        raise SourceError(f"{location}: not an S3 Inventory manifest: no \"files\" list of {{\"key\": ...}}")
     fmt = str(doc.get("fileFormat", "")).lower()
     if fmt == "orc":
-        raise UsageError(f"{location}: ORC inventory parts are not supported: configure the report as CSV or Parquet")
+        raise SourceError(f"{location}: ORC inventory parts are not supported: configure the report as CSV or Parquet")
     if fmt not in FORMATS:
-        raise UsageError(f"{location}: fileFormat must be CSV or Parquet, not {doc.get('fileFormat')!r}")
+        raise SourceError(f"{location}: fileFormat must be CSV or Parquet, not {doc.get('fileFormat')!r}")
     schema = doc.get("fileSchema")
     if not isinstance(schema, str) or not schema.strip():
-        raise UsageError(f"{location}: not an S3 Inventory manifest: no \"fileSchema\"")
+        raise SourceError(f"{location}: not an S3 Inventory manifest: no \"fileSchema\"")
     columns = tuple(norm(c) for c in (_PARQUET_FIELD.findall(schema) if fmt == "parquet" else schema.split(",")))
     if "key" not in columns:
-        raise UsageError(f"{location}: the inventory schema has no Key column: {schema!r}")
+        raise SourceError(f"{location}: the inventory schema has no Key column: {schema!r}")
     source_bucket = doc.get("sourceBucket")
     if "bucket" not in columns and not isinstance(source_bucket, str):
-        raise UsageError(f"{location}: the inventory names no sourceBucket and has no Bucket column")
+        raise SourceError(f"{location}: the inventory names no sourceBucket and has no Bucket column")
     keys = [f["key"] for f in files]
     if location.startswith("s3://"):
         dest = str(doc.get("destinationBucket") or "").rsplit(":", 1)[-1] or split_s3(location)[0]
@@ -133,7 +134,7 @@ def _read_manifest(location: str, stores: Stores) -> bytes:
     try:
         return Path(location).read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read the inventory manifest {location}: {exc.strerror or exc}") from None
+        raise SourceError(f"cannot read the inventory manifest {location}: {exc.strerror or exc}") from None
 
 
 def _s3_bytes(stores: Stores, bucket: str, key: str, *, what: str) -> bytes:
@@ -153,7 +154,7 @@ def _s3_open(stores: Stores, bucket: str, key: str, *, what: str) -> Any:
     except ClientError as exc:
         err = s3_error(exc, uri)
         missing = "missing" if getattr(err, "kind", "") == "not_found" else "unreadable"
-        raise UsageError(f"{what} {missing}: {uri} ({err})") from None
+        raise SourceError(f"{what} {missing}: {uri} ({err})") from None
     except BotoCoreError as exc:
         raise UsageError(f"cannot reach S3 to read the {what} {uri}: {exc}") from None
 
@@ -167,7 +168,7 @@ def _local_part(manifest: Path, key: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise UsageError(f"{manifest}: inventory part missing: {key} (looked in the folders above the manifest and beside it)")
+    raise SourceError(f"{manifest}: inventory part missing: {key} (looked in the folders above the manifest and beside it)")
 
 
 def _open_part(part: str, stores: Stores) -> IO[bytes]:
@@ -178,7 +179,7 @@ def _open_part(part: str, stores: Stores) -> IO[bytes]:
     try:
         return open(part, "rb")  # closed by the caller
     except OSError as exc:
-        raise UsageError(f"inventory part unreadable: {part} ({exc.strerror or exc})") from None
+        raise SourceError(f"inventory part unreadable: {part} ({exc.strerror or exc})") from None
 
 
 def _csv_rows(report: Report, part: str, stores: Stores, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -187,18 +188,18 @@ def _csv_rows(report: Report, part: str, stores: Stores, start: int) -> Iterator
     raw = _open_part(part, stores)
     try:
         stream: Any = gzip.GzipFile(fileobj=raw) if part.endswith(".gz") else raw
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
         for row_no, row in enumerate(csv.reader(text)):
             if row_no < start:
                 continue
             if len(row) < len(report.columns):
-                raise UsageError(f"{part}: row {row_no} has {len(row)} fields; the inventory schema names "
+                raise SourceError(f"{part}: row {row_no} has {len(row)} fields; the inventory schema names "
                                  f"{len(report.columns)}")
             fields = {c: row[i] for i, c in wanted}
             fields["key"] = unquote_plus(fields["key"])  # CSV inventories URL-encode keys
             yield row_no, fields
-    except (OSError, EOFError, csv.Error, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the inventory part {part}: {exc}") from None
+    except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError) as exc:  # zlib.error: a corrupt deflate stream
+        raise SourceError(f"cannot read the inventory part {part}: {type(exc).__name__}: {exc}") from None
     finally:
         raw.close()
 
@@ -220,10 +221,14 @@ def _parquet_rows(report: Report, part: str, stores: Stores, start: int) -> Iter
         try:
             pf = pq.ParquetFile(spool if spool is not None else part)
         except (OSError, pa.ArrowException) as exc:
-            raise UsageError(f"cannot read the inventory part {part}: {exc}") from None
+            raise SourceError(f"cannot read the inventory part {part}: {exc}") from None
         names = {norm(n): n for n in pf.schema_arrow.names if norm(n) in FIELDS}
         if "key" not in names:
-            raise UsageError(f"{part}: the Parquet part has no key column (columns: {', '.join(pf.schema_arrow.names)})")
+            raise SourceError(f"{part}: the Parquet part has no key column (columns: {', '.join(pf.schema_arrow.names)})")
+        key_type = pf.schema_arrow.field(names["key"]).type
+        if not (pa.types.is_string(key_type) or pa.types.is_large_string(key_type)):
+            raise SourceError(f"{part}: the Parquet key column {names['key']!r} holds {key_type}, not strings: "
+                              "not an S3 Inventory part")
         row_no, groups = 0, list[int]()
         for g in range(pf.num_row_groups):  # skip whole row groups before the cursor
             rows = pf.metadata.row_group(g).num_rows
@@ -241,7 +246,7 @@ def _parquet_rows(report: Report, part: str, stores: Stores, start: int) -> Iter
                         yield row_no, {field: column[i] for field, column in values.items()}
                     row_no += 1
         except (OSError, pa.ArrowException) as exc:
-            raise UsageError(f"cannot read the inventory part {part}: {exc}") from None
+            raise SourceError(f"cannot read the inventory part {part}: {exc}") from None
 
 
 def _ref(report: Report, fields: dict[str, Any], suffixes: tuple[str, ...]) -> ObjectRef | None:

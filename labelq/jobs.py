@@ -292,6 +292,7 @@ class JobInfo:
     producer_at: float | None = None
     progress_at: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    listing_error: str = ""  # why listing the source stopped (the job is then ``failed``)
 
     @property
     def processed(self) -> int:
@@ -329,6 +330,7 @@ class JobInfo:
             producer_at=float(raw["producer_at"]) if raw.get("producer_at") else None,
             progress_at=raw.get("progress_at"),
             errors={k: int(v) for k, v in errors.items() if int(v) > 0},
+            listing_error=raw.get("listing_error", ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -382,7 +384,16 @@ class JobBook:
 
     def listing(self, job_id: str) -> None:
         """A producer (re)starts listing: the job cannot finish before the listing does."""
-        self.redis.hset(keys.job(job_id), "state", "listing")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.job(job_id), "state", "listing")
+        pipe.hdel(keys.job(job_id), "listing_error", "finished_at")
+        pipe.execute()
+
+    def listing_failed(self, job_id: str, message: str) -> None:
+        """The source cannot be listed (SourceError): the job is ``failed`` with the message, not left ``listing``;
+        the same ``labelq enqueue`` again, once the source is fixed, resumes it from its cursor."""
+        self.redis.hset(keys.job(job_id), mapping={"state": "failed", "listing_error": message,
+                                                   "finished_at": utcnow()})
 
     def lease(self, job_id: str, token: str, ttl_s: float) -> bool:
         """Take the job's listing lease (one producer at a time); False when another holds it."""

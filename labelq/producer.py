@@ -25,7 +25,7 @@ from typing import Any
 
 from . import keys
 from .config import Settings, redact
-from .errors import RETRYABLE_KINDS, UsageError
+from .errors import RETRYABLE_KINDS, SourceError, UsageError
 from .jobs import JobBook, JobInfo, chunk_id, new_job_id
 from .objects import ObjectRef, Stores
 from .results import settled
@@ -95,6 +95,9 @@ def enqueue(
         return _produce(source, settings, app=app, book=book, store=store, job_id=job_id, info=info, models=models,
                         size=size, force=force, priority=priority, token=token, wait_for_room=wait_for_room,
                         progress=progress)
+    except SourceError as exc:  # the source itself is bad: say so on the job rather than leave it listing
+        book.listing_failed(job_id, str(exc))
+        raise
     finally:
         book.release(job_id, token)
 

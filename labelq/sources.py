@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULT_SUFFIXES
-from .errors import UsageError
+from .errors import SourceError, UsageError
 from .objects import SCHEMES, ObjectRef, Stores, file_uri, local_etag, path_of, scheme_of, store_class, walk_folder
 
 KINDS = ("folder", "bucket", "manifest", "inventory", "object")
@@ -122,13 +122,13 @@ def _manifest(path: Path, after: int) -> Iterator[tuple[ObjectRef, str]]:
     A line may add an etag after a tab (``s3://b/k.jpg<TAB>etag``), so objects already labelled with that
     etag are skipped on a rerun; local files always take the etag of what is on disk.
     """
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # a BOM (Windows editors) is not part of the first entry
         number = 0
         while True:
             try:
                 line = f.readline()
             except UnicodeDecodeError:
-                raise UsageError(f"{path}: not UTF-8 text after line {number}: a manifest is a text file of "
+                raise SourceError(f"{path}: not UTF-8 text after line {number}: a manifest is a text file of "
                                  "URIs or paths, one a line") from None
             if not line:
                 return
@@ -141,7 +141,7 @@ def _manifest(path: Path, after: int) -> Iterator[tuple[ObjectRef, str]]:
             if scheme and store_class(scheme) is not None:
                 yield ObjectRef(entry, None, etag or None), str(number)
             elif scheme:
-                raise UsageError(f"{path}: unsupported URI {entry!r} (line {number}): labelq reads "
+                raise SourceError(f"{path}: unsupported URI {entry!r} (line {number}): labelq reads "
                                  f"{', '.join(f'{s}://' for s in SCHEMES)}")
             else:
                 local = Path(entry)

@@ -110,6 +110,38 @@ def redact(url: str | None) -> str:
     return f"{scheme}://{netloc}{_redact_query(tail)}"
 
 
+def scrub(text: str, *urls: str | None) -> str:
+    """Text that may quote a URL (a driver's error message) with the URL's secrets hidden: the URL itself
+    becomes :func:`redact`'s form, and its password (raw, percent-decoded, and each piece between URL
+    delimiters, since a parser that splits a password at an unencoded ``@`` reports the rest as the host)
+    and secret query values become ``***``."""
+    for url in urls:
+        if not url or "://" not in url:
+            continue
+        text = text.replace(url, redact(url))
+        for secret in sorted(_secrets(url), key=len, reverse=True):
+            text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(url: str) -> set[str]:
+    rest = url.split("://", 1)[1]
+    userinfo = rest.rpartition("@")[0]  # up to the last @: the most any parser may take as the userinfo
+    user, colon, password = userinfo.partition(":")
+    whole = [password if colon else user]
+    for piece in rest.partition("?")[2].split("&"):
+        name, eq, value = piece.partition("=")
+        if eq and value and SECRET_PARAM.search(unquote_plus(name)):
+            whole.append(value.split("#", 1)[0])
+    out: set[str] = set()
+    for secret in whole:
+        for form in {secret, unquote(secret), unquote_plus(secret)}:
+            if len(form) >= 3:
+                out.add(form)
+            out.update(p for p in re.split(r"[@:/?#\[\]]", form) if len(p) >= 4)
+    return out
+
+
 def _parse(url: str) -> SplitResult | None:
     """urlsplit, or None where it (or its port) does not parse."""
     try:

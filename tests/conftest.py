@@ -67,6 +67,7 @@ def _isolate_environment(home: Path) -> None:
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "HF_HOME": str(home / "hf"),
             "TORCH_HOME": str(home / "torch"),
+            "XDG_STATE_HOME": str(home / "state"),  # background producers' logs (labelq.logs.private_folder)
             "TOKENIZERS_PARALLELISM": "false",
             "AWS_CONFIG_FILE": str(home / "aws-config-absent"),
             "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials-absent"),

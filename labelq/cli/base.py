@@ -56,7 +56,7 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)  # [notify] is text
             raise typer.Exit(2) from None
         except Exception as exc:
             # A service failing under us (Redis out of memory, read-only or gone): one line, exit 1.

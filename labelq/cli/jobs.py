@@ -111,18 +111,18 @@ def _new_job_id() -> str:
 def _spawn_producer(source: str, settings: Settings, job: str, force: bool) -> tuple[int, Path]:
     """Go on listing in a detached process (it resumes from the job's cursor)."""
     import os
-    import re
     import subprocess
-    import tempfile
 
-    log = Path(tempfile.gettempdir()) / f"labelq-producer-{re.sub(r'[^A-Za-z0-9_.-]', '_', job)}.log"
+    from ..logs import open_private_log
+
+    fd, log = open_private_log(f"producer-{job}", os.environ.get("XDG_STATE_HOME"))  # never a shared /tmp name
     argv = [sys.executable, "-m", "labelq", "enqueue", source, "--job", job, "--background",
             "--chunk-size", str(settings.chunk_size)]
     for m in settings.models:
         argv += ["--model", m]
     if force:
         argv.append("--force")
-    with log.open("ab") as f:
+    with os.fdopen(fd, "ab") as f:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True,
                                 env=dict(os.environ))
     return proc.pid, log
@@ -263,6 +263,7 @@ def print_job(info: Any, *, producer_stale: bool = False, older: dict[str, int] 
         state += " (no producer for a while: run the same `labelq enqueue` again to resume the listing)"
     rows = [
         ("state", state),
+        *([("listing stopped", info.listing_error)] if getattr(info, "listing_error", "") else []),
         ("source", info.source),
         ("models", ", ".join(info.models)),
         ("created", info.created_at),

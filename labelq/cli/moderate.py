@@ -32,6 +32,10 @@ def console(
 
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
+    if settings.policy is not None:  # the review pages show its rules: a bad file is an error now, not a blank later
+        from ..moderation import load_policy
+
+        load_policy(settings.policy)
     err.print(f"labelq console on http://{settings.console_host}:{settings.console_port}/", highlight=False)
     serve(settings)
 
@@ -54,12 +58,13 @@ def moderate_apply(
     from ..records import chunks
     from ..services import open_services
 
+    rules = load_policy(policy)  # a bad file is told before any service is opened
     settings = load_settings()
     setup_logging(settings, quiet=True)
     services = open_services(settings)
     services.job(job)
     book, store = services.book, services.records
-    moderator = Moderator(load_policy(policy), redis=book.redis, stores=Stores(settings))
+    moderator = Moderator(rules, redis=book.redis, stores=Stores(settings))
     total: dict[str, int] = {}
     for page in chunks(store.iter_records(job), 1000):
         actions = moderator.plan(page) if dry_run else moderator.apply(page)

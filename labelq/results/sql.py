@@ -4,6 +4,11 @@ One row per (job, uri, model): a job's export is exactly what it wrote, however 
 relabel the same objects; the skip check reads the newest row of an object across jobs
 through the ``(uri, model, etag)`` index. A record without a job is stored under job ``''``.
 
+Every error that leaves this module is a one-line UsageError whose text went through
+:func:`labelq.urls.scrub`: the driver's messages may quote the URL, its host, or a piece of a
+password that a parser split at an unencoded ``@``, and they end up in ``status``, ``ping`` and
+worker logs.
+
 PostgreSQL batches go in by COPY into a per-connection temporary table, then one
 ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` (``docs/benchmarks.md``, "Durable sinks":
 faster than multi-row ``INSERT ... VALUES ... ON CONFLICT``); SQLite keeps a plain upsert.
@@ -11,14 +16,17 @@ faster than multi-row ``INSERT ... VALUES ... ON CONFLICT``); SQLite keeps a pla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote, unquote
 
 from ..config import redact
 from ..errors import UsageError
 from ..records import FIELDS, Record
+from ..urls import scrub
 from .base import RevisionCounts
 
 logger = logging.getLogger(__name__)
@@ -43,14 +51,17 @@ class SQLStore:
         if pg_method not in PG_METHODS:
             raise ValueError(f"pg_method must be one of {PG_METHODS}, not {pg_method!r}")
         self.pg_method = pg_method
+        self._urls: tuple[str, ...] = (url,)  # what error texts are scrubbed of
+        url = _encode_userinfo(url)
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
         elif url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url[len("postgres://") :]
+        self._urls = (*self._urls, url)
         try:
             self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         except Exception as exc:  # noqa: BLE001 - bad URL, missing driver
-            raise UsageError(f"cannot use result database {redact(url)}: {exc}") from None
+            raise UsageError(self._scrub(f"cannot use result database {redact(url)}: {exc}")) from None
         self.dialect = self.engine.dialect.name
         if self.dialect not in ("postgresql", "sqlite"):
             raise UsageError(f"result database {self.dialect} is not supported (use sqlite or postgresql)")
@@ -82,11 +93,35 @@ class SQLStore:
                     self._copy_legacy()
                 break
             except sa.exc.OperationalError as exc:
-                first = str(exc.orig).strip().splitlines()[0]
-                raise UsageError(f"cannot reach result database {redact(url)}: {first}") from None
-            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
-                if attempt == 2:  # two workers created the table at once: the second look finds it
-                    raise
+                first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+                raise UsageError(self._scrub(f"cannot reach result database {redact(url)}: {first}")) from None
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
+                if attempt == 2 or exc.connection_invalidated or "connection option" in str(exc) or \
+                        "bad value for" in str(exc):  # a bad ?option= of the URL, not a race
+                    raise UsageError(self._error("cannot use result database", exc)) from None
+                # two workers created the table at once: the second look finds it
+            except sa.exc.SQLAlchemyError as exc:
+                raise UsageError(self._error("cannot use result database", exc)) from None
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, *self._urls)
+
+    def _error(self, doing: str, exc: BaseException) -> str:
+        """One scrubbed line: what failed, and the driver's first line (SQLAlchemy adds the SQL and its
+        parameters, which are records, not what an operator needs)."""
+        orig = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [""])[0]
+        return self._scrub(f"{doing} {redact(self._urls[-1])}: {type(orig).__name__}: {first}")
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Driver and SQLAlchemy errors out of a call → one scrubbed UsageError line."""
+        import sqlalchemy as sa
+
+        try:
+            yield
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise UsageError(self._error(doing, exc)) from None
 
     def _copy_legacy(self) -> None:
         """A ``labelq run`` database from before per-job rows: copy its records in, so a rerun still skips them.
@@ -115,14 +150,15 @@ class SQLStore:
             row = _row(rec)
             latest[(row["job"], row["uri"], row["model"])] = row
         rows = list(latest.values())
-        if self.dialect == "sqlite":
-            self._write_executemany(rows)
-        elif self.pg_method == "copy":
-            self._write_copy(rows)
-        elif self.pg_method == "values":
-            self._write_values(rows)
-        else:
-            self._write_executemany(rows)
+        with self._errors("cannot write records to"):
+            if self.dialect == "sqlite":
+                self._write_executemany(rows)
+            elif self.pg_method == "copy":
+                self._write_copy(rows)
+            elif self.pg_method == "values":
+                self._write_values(rows)
+            else:
+                self._write_executemany(rows)
 
     def _upsert(self, stmt: Any) -> Any:
         return stmt.on_conflict_do_update(
@@ -182,7 +218,7 @@ class SQLStore:
         t = self.table
         best: dict[str, Any] = {}
         uris = list(dict.fromkeys(uris))
-        with self.engine.connect() as conn:
+        with self._errors("cannot read records from"), self.engine.connect() as conn:
             for start in range(0, len(uris), _IN_SLICE):
                 query = sa.select(t).where(t.c.uri.in_(uris[start : start + _IN_SLICE]), t.c.model == model)
                 for row in conn.execute(query):
@@ -201,7 +237,7 @@ class SQLStore:
             query = query.where(t.c.job == job).order_by(t.c.uri, t.c.model)
         else:
             query = query.order_by(t.c.uri, t.c.model, t.c.job)
-        with self.engine.connect() as conn:
+        with self._errors("cannot read records from"), self.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
             for row in result:
                 yield _record(row)
@@ -213,7 +249,7 @@ class SQLStore:
         query = sa.select(sa.func.count()).select_from(self.table)
         if job is not None:
             query = query.where(self.table.c.job == job)
-        with self.engine.connect() as conn:
+        with self._errors("cannot count records in"), self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
     def revisions(self, job: str) -> RevisionCounts:
@@ -224,13 +260,29 @@ class SQLStore:
         query = (sa.select(t.c.model, t.c.model_revision, sa.func.count()).where(t.c.job == job)
                  .group_by(t.c.model, t.c.model_revision).order_by(t.c.model, t.c.model_revision))
         out: RevisionCounts = {}
-        with self.engine.connect() as conn:
+        with self._errors("cannot read records from"), self.engine.connect() as conn:
             for model, rev, n in conn.execute(query):
                 out.setdefault(model, {})[rev] = int(n)
         return out
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _encode_userinfo(url: str) -> str:
+    """Percent-encode a user name and password that hold an unencoded ``@``.
+
+    SQLAlchemy ends the userinfo at the first ``@`` and takes the rest of the password for the host
+    (connecting elsewhere, and printing it in its error); the last ``@`` is where it really ends, as
+    for every other URL labelq reads.
+    """
+    scheme, _, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if scheme.split("+")[0] not in ("postgresql", "postgres") or not at or "@" not in userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    encoded = quote(unquote(user), safe="") + (":" + quote(unquote(password), safe="") if colon else "")
+    return f"{scheme}://{encoded}@{tail}"
 
 
 def _row(rec: Record) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,3 +186,34 @@ def test_unreachable_postgres_is_a_usage_error_without_the_password() -> None:
     with pytest.raises(UsageError, match="cannot reach result database") as caught:
         SQLStore("postgresql://labelq:hunter2@127.0.0.1:1/labelq")
     assert "hunter2" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- secrets in the URL never leave the store (issue 19)
+
+
+def test_a_postgres_password_with_an_unencoded_at_connects_and_never_shows_in_errors(postgres_server: Any) -> None:
+    """Real PostgreSQL: the password ``Sup3r@S3cretPw`` used to send SQLAlchemy to host ``S3cretPw@127.0.0.1``
+    (and psycopg printed that host). Now the store connects to the right host; and when its database is gone
+    mid-run, the write fails as one UsageError line that holds no piece of the password."""
+    from tests.support.postgres import connect_pg
+
+    db = "labelq_secret_at"
+    with contextlib.closing(connect_pg(postgres_server.port)) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
+        admin.execute(f'CREATE DATABASE "{db}"')
+        url = f"postgresql://postgres:Sup3r@S3cretPw@127.0.0.1:{postgres_server.port}/{db}"
+        store = SQLStore(url)
+        try:
+            store.write([ok("s3://b/a.jpg")])
+            assert store.count() == 1
+            admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+            for call in (lambda: store.write([ok("s3://b/b.jpg")]), store.count, lambda: store.revisions("j"),
+                         lambda: list(store.iter_records("j")), lambda: store.get_many("m1", ["s3://b/a.jpg"])):
+                with pytest.raises(UsageError) as caught:
+                    call()
+                text = str(caught.value)
+                assert "\n" not in text and "S3cretPw" not in text and "Sup3r" not in text, text
+                assert f'database "{db}" does not exist' in text and "postgres:***@127.0.0.1" in text, text
+        finally:
+            store.close()
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}"')

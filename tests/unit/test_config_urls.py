@@ -66,6 +66,22 @@ def test_redact_never_shows_any_part_of_a_malformed_password(url: str) -> None:
     assert shown.startswith(url.split("://")[0] + "://")
 
 
+@pytest.mark.parametrize(("url", "text"), [
+    # SQLAlchemy splits at the first @ and psycopg names the rest of the password as the host
+    ("postgresql://bob:Sup3r@S3cretPw@db:5432/x", "failed to resolve host 'S3cretPw@db'"),
+    ("postgresql://bob:Sup3r%2FS3cretPw@db/x", "password Sup3r/S3cretPw rejected"),  # decoded form
+    ("postgresql://S3cretPwAsUser@db/x", 'FATAL:  role "S3cretPwAsUser" does not exist'),  # no user: all hidden
+    ("postgresql://db/x?password=S3cretPw&sslmode=require", "with password S3cretPw"),
+    ("postgresql://bob:Sup3rS3cretPw@db/x", "cannot use postgresql://bob:Sup3rS3cretPw@db/x: bad"),
+])
+def test_scrub_hides_every_form_and_piece_of_a_urls_secret(url: str, text: str) -> None:
+    from labelq.urls import scrub
+
+    out = scrub(text, url)
+    assert "S3cretPw" not in out and "***" in out, out
+    assert scrub("nothing secret here", url) == "nothing secret here"
+
+
 def test_redact_passes_through_what_is_not_a_url() -> None:
     assert (redact(None), redact(""), redact("localhost")) == ("", "", "localhost")
 

@@ -7,10 +7,11 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from labelq.config import DEFAULT_FORMATS
 from labelq.errors import ERROR_KINDS, LabelqError
@@ -305,6 +306,98 @@ def test_peak_memory_measurement_sees_a_real_decode() -> None:
     result = _peak(4_000, 20_000_000)
     assert result["outcome"] == "ok"
     assert result["peak_mib"] > 40, result  # type: ignore[operator]
+
+
+_PEAK_FILE = textwrap.dedent(
+    """
+    import json, sys
+    from labelq.config import DEFAULT_FORMATS
+    from labelq.images import Geometry, Limits, decode_fit
+    data = open(sys.argv[1], "rb").read()
+    limits = Limits(50 * 1024 * 1024, 100_000_000, frozenset(DEFAULT_FORMATS))
+    timm = Geometry(None, 256, (224, 224), "bicubic", crop_round=True)
+    def hwm_kib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    before = hwm_kib()
+    out = decode_fit(data, limits, [timm])
+    after = hwm_kib()
+    print(json.dumps({"shape": list(out[0].shape), "peak_mib": (after - before) / 1024}))
+    """
+)
+
+
+@LINUX_ONLY
+@pytest.mark.parametrize(("mode", "copies"), [("RGB", 1.35), ("RGBA", 2.35)])
+def test_a_big_png_decodes_with_one_copy_of_its_pixels(tmp_path: Path, mode: str, copies: float) -> None:
+    # Pillow keeps RGB and RGBA at 4 bytes a pixel: 4000 x 4000 is 61 MiB a copy. An RGB PNG needs its one
+    # decoded copy (before: exif_transpose copied it again, 2.0 copies); an RGBA one its RGBA copy and the RGB
+    # composite (before: convert + white canvas + alpha_composite + convert, 5.0 copies).
+    side = 4000
+    image = Image.new(mode, (side, side), (10, 200, 30, 128)[: len(mode)])
+    image.paste((200, 10, 10, 255)[: len(mode)], (100, 100, 3000, 3000))
+    path = tmp_path / "big.png"
+    image.save(path, compress_level=1)
+    del image
+    proc = subprocess.run([sys.executable, "-c", _PEAK_FILE, str(path)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    copy_mib = side * side * 4 / 2**20
+    assert result["shape"] == [224, 224, 3]
+    assert copy_mib * 0.9 < result["peak_mib"] < copy_mib * copies, (result, copy_mib)
+
+
+def _jpeg_claiming(width: int, height: int, *, progressive: bool = False) -> bytes:
+    """A real 64x64 JPEG whose frame header (SOF) is patched to claim ``width`` x ``height``: its data ends
+    long before the blocks it declares, and libjpeg fills them with grey and only warns."""
+    data = bytearray(encode(Image.new("RGB", (64, 64), (200, 30, 30)), "JPEG", quality=50, progressive=progressive))
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def _cut(data: bytes, keep: int) -> bytes:
+    """The first ``keep`` bytes closed with an EOI marker, as a broken upload or a crafted file is."""
+    return data[:keep] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_jpeg_claiming_10000x10000_with_its_data_cut_is_corrupt_not_grey(progressive: bool, fast: bool) -> None:
+    data = _jpeg_claiming(10_000, 10_000, progressive=progressive)
+    with pytest.raises(LabelqError) as caught:
+        decode_fit(data, BIG, [TIMM, VIT], fast=fast)
+    assert caught.value.kind == "corrupt"
+    assert "truncated" in str(caught.value) and "10000x10000" in str(caught.value)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_real_jpeg_cut_short_and_closed_with_eoi_is_corrupt(progressive: bool) -> None:
+    whole = encode(Image.new("RGB", (3000, 2000), (200, 30, 30)), "JPEG", quality=50, progressive=progressive)
+    assert decode(whole, BIG, draft=[TIMM]).getpixel((10, 10)) == pytest.approx((200, 30, 30), abs=3)
+    with pytest.raises(LabelqError) as caught:
+        decode(_cut(whole, 3000), BIG, draft=[TIMM])
+    assert caught.value.kind == "corrupt"
+
+
+def test_a_jpeg_cut_without_an_eoi_is_corrupt_and_a_whole_one_decodes() -> None:
+    data = encode(Image.new("RGB", (2000, 1500), (200, 30, 30)), "JPEG", quality=50)
+    with pytest.raises(LabelqError) as caught:
+        decode(data[: len(data) // 2], BIG, draft=[TIMM])
+    assert caught.value.kind == "corrupt"
+    assert decode(data, BIG, draft=[TIMM]).getpixel((10, 10)) == pytest.approx((200, 30, 30), abs=3)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # nothing turned Pillow's grey padding on
+
+
+@pytest.mark.parametrize(("side", "kind"), [(10_001, "too_large"), (20_001, "decompression_bomb")])
+def test_a_jpeg_header_over_the_pixel_limit_is_refused_before_any_decoding(side: int, kind: str) -> None:
+    # A 64x64 image's data only: decoding would call it corrupt, so the kind proves the limit came first.
+    data = _jpeg_claiming(side, 10_000)
+    with pytest.raises(LabelqError) as caught:
+        decode(data, BIG, draft=[TIMM])
+    assert caught.value.kind == kind
+    assert "LABELQ_MAX_PIXELS" in str(caught.value)
 
 
 @LINUX_ONLY

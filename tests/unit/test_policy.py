@@ -98,13 +98,13 @@ def test_a_threshold_outside_0_1_is_refused(tmp_path: Path, threshold: str) -> N
 
 def test_a_threshold_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
     text = 'version = "1"\n' + RULE.replace("threshold = 0.8", 'threshold = "high"')
-    with pytest.raises(UsageError, match=r"rule 1: needs model, label, threshold \(0-1\) and actions"):
+    with pytest.raises(UsageError, match=r"rule 1: threshold: must be a number, not string 'high'$"):
         load_policy(write(tmp_path, text))
 
 
 def test_a_rule_without_a_label_is_refused(tmp_path: Path) -> None:
     text = 'version = "1"\n' + RULE.replace('label = "nsfw"\n', "")
-    with pytest.raises(UsageError, match=r"rule 1: needs model, label"):
+    with pytest.raises(UsageError, match=r"rule 1: label: is missing$"):
         load_policy(write(tmp_path, text))
 
 
@@ -151,6 +151,57 @@ def test_a_policy_with_no_rules_is_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"is not valid TOML"):
         load_policy(write(tmp_path, "version: 1\nrules: [nsfw]\n"))
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('notify = "x"\n' + RULE, "notify: must be a table, not string 'x'"),
+    ("rule = 5\n", "rule: must be a list, not integer 5"),
+    ('quarantine_prefix = ["q/"]\n' + RULE, "quarantine_prefix: must be a string, not list ['q/']"),
+    ("[notify]\nwebhook_attempts = \"3\"\n" + RULE, "notify.webhook_attempts: must be an integer, not string '3'"),
+    ("[notify]\nstream = 7\n" + RULE, "notify.stream: must be a string, not integer 7"),
+    (RULE.replace('actions = ["tag"]', 'actions = "tag"'), "rule 1: actions: must be a list, not string 'tag'"),
+    (RULE.replace('model = "m"', "model = 3"), "rule 1: model: must be a string, not integer 3"),
+    (RULE.replace('model = "m"', 'model = ""'), "rule 1: model: must not be empty"),
+    (RULE.replace("threshold = 0.8", "threshold = true"), "rule 1: threshold: must be a number, not boolean True"),
+    ("quarantine-prefix = 'q/'\n" + RULE, "quarantine-prefix: unknown key (a typo?)"),
+    (RULE.replace("threshold = 0.8", "treshold = 0.8"), "rule 1: treshold: unknown key (a typo?)"),
+], ids=["notify-str", "rule-int", "prefix-list", "attempts-str", "stream-int", "actions-str", "model-int",
+        "model-empty", "threshold-bool", "unknown-top", "unknown-in-rule"])
+def test_wrong_types_are_one_line_naming_the_field(tmp_path: Path, text: str, line: str) -> None:
+    path = write(tmp_path, 'version = "1"\n' + text)
+    with pytest.raises(UsageError) as caught:
+        load_policy(path)
+    assert f"policy {path}: {line}" in str(caught.value).splitlines()
+
+
+def test_every_error_of_a_policy_is_its_own_line(tmp_path: Path) -> None:
+    text = ('version = "1"\nquarantine_prefix = ["q/"]\nnotify = "x"\n'
+            + RULE.replace("threshold = 0.8", "threshold = 2.0") + RULE.replace('actions = ["tag"]', 'actions = ["zap"]'))
+    path = write(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        load_policy(path)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 4, lines
+    assert all(line.startswith(f"policy {path}: ") for line in lines)
+    assert [line.split(": ", 2)[1] for line in lines] == ["quarantine_prefix", "notify", "rule 1", "rule 2"]
+
+
+def test_a_policy_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(('version = "1"\n' + RULE.replace("nsfw", "nu\xe9")).encode("latin-1"))
+    with pytest.raises(UsageError, match=r"is not UTF-8 text \(byte 0xe9 at offset \d+\): save it as UTF-8$"):
+        load_policy(path)
+
+
+def test_a_folder_given_as_the_policy_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"is a folder: give the policy's TOML file$"):
+        load_policy(tmp_path)
+
+
+def test_a_policy_with_a_utf8_bom_parses(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ('version = "1"\n' + RULE).encode())
+    assert load_policy(path).version == "1"
 
 
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:

@@ -390,3 +390,54 @@ def test_many_tiny_prefixes_are_listed_in_a_few_ranges_not_a_call_each() -> None
     assert keyed.calls <= 1 + 2 * 4 + 2  # not 601 calls
     for i in range(0, len(one), 97):
         assert list(fan_out(client, "bkt", "", (".jpg",), after=one[i][1], workers=4)) == one[i + 1 :]
+
+
+# ---------------------------------------------------------------- bad input: BOMs, corrupt parts (issue 19)
+
+
+def test_a_manifest_starting_with_a_utf8_bom_keeps_its_first_entry(tree: Path) -> None:
+    manifest = tree.parent / "bom.txt"
+    manifest.write_bytes(b"\xef\xbb\xbf" + b"images/a.jpg\nimages/b.jpg\ns3://bkt/k.jpg\tetag\n")
+    whole = listing(parse_source(str(manifest)))
+    assert [r.uri for r, _ in whole] == [file_uri(tree / "a.jpg"), file_uri(tree / "b.jpg"), "s3://bkt/k.jpg"]
+    assert [c for _, c in whole] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("fmt", ["CSV", "Parquet"])
+def test_an_inventory_with_utf8_boms_lists_as_without(tmp_path: Path, fmt: str) -> None:
+    manifest = write_report(tmp_path, fmt)
+    plain = listing(parse_source(str(manifest)))
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    if fmt == "CSV":  # a part written by a tool that adds a BOM: the first row's bucket must not hold it
+        part = next(tmp_path.rglob("part-0.csv.gz"))
+        part.write_bytes(gzip.compress(b"\xef\xbb\xbf" + gzip.decompress(part.read_bytes())))
+    assert listing(parse_source(str(manifest))) == plain
+
+
+def _corrupt_deflate(data: bytes) -> bytes:
+    """A gzip member whose header is intact and whose deflate stream is garbage in the middle."""
+    middle = len(data) // 2
+    return data[:10] + bytes(b ^ 0xFF for b in data[10:middle]) + data[middle:]
+
+
+def test_a_csv_part_with_a_corrupt_deflate_stream_is_one_source_error_line(tmp_path: Path) -> None:
+    from labelq.errors import SourceError
+
+    manifest = write_report(tmp_path, "CSV", parts=[ROWS * 50])
+    part = next(tmp_path.rglob("part-0.csv.gz"))
+    part.write_bytes(_corrupt_deflate(part.read_bytes()))
+    with pytest.raises(SourceError, match=r"cannot read the inventory part .*part-0\.csv\.gz") as caught:
+        listing(parse_source(str(manifest)))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key_type", [pa.int64(), pa.float64()])
+def test_a_parquet_part_with_a_non_string_key_is_one_source_error_line(tmp_path: Path, key_type: Any) -> None:
+    from labelq.errors import SourceError
+
+    manifest = write_report(tmp_path, "Parquet")
+    part = next(tmp_path.rglob("part-0.parquet"))
+    pq.write_table(pa.table({"bucket": ["src-bucket"] * 2, "key": pa.array([1, 2], key_type), "size": [1, 2]}), part)
+    with pytest.raises(SourceError, match=f"key column 'key' holds {key_type}, not strings") as caught:
+        listing(parse_source(str(manifest)))
+    assert "\n" not in str(caught.value)
