@@ -29,6 +29,8 @@ from starlette.templating import Jinja2Templates
 
 from ..config import Settings, redact
 from ..errors import RETRYABLE_KINDS, UsageError
+from ..moderation import audit
+from ..reviews import Query, ReviewStore
 from ..services import open_services
 from . import review
 from .auth import Auth, User, csrf_ok, csrf_token
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 48
+REVIEW_PAGE = 50  # review items a page shows
+RECORD_AUDIT_SCAN = 20_000  # newest audit entries the record page looks through for the object's actions
 WORKERS_TTL = 10.0  # seconds a "workers answering" broadcast is reused
 SUMMARY_TTL = 10.0  # seconds a job's label chart is reused
 SECURITY_HEADERS = {
@@ -69,6 +73,8 @@ class Console:
         self._workers_lock = threading.Lock()  # one broadcast at a time; pages wait for its answer
         self._workers: tuple[float, dict[str, Any]] = (0.0, {})
         self._summaries: dict[str, tuple[float, int, Summary]] = {}
+        self.reviews = ReviewStore(services.redis, claim_seconds=settings.console_claim_seconds,
+                                   undo_seconds=settings.console_undo_seconds)
 
     def workers(self) -> dict[str, Any]:
         """Workers answering a broadcast (name → info), asked at most every WORKERS_TTL seconds."""
@@ -91,20 +97,6 @@ class Console:
             self._summaries[info.id] = (time.monotonic(), info.processed, s)
         return s
 
-    def rules(self) -> dict[tuple[str, str], float]:
-        """(model, label) → threshold of the configured policy, to show which rule fired."""
-        if self.settings.policy is None:
-            return {}
-        try:
-            try:
-                from ..moderation import load_policy
-            except ImportError:
-                from ..policy import load_policy  # type: ignore[no-redef,unused-ignore]
-
-            return {(r.model, r.label): r.threshold for r in load_policy(self.settings.policy).rules}
-        except (UsageError, OSError):
-            return {}
-
 
 # ----------------------------------------------------------------------------- plumbing
 
@@ -120,6 +112,16 @@ def shown_key(uri: str | None) -> str:
     if uri and uri.startswith(("s3://", "file://")):
         return unquote(uri)
     return uri or ""
+
+
+def _when(t: Any) -> str:
+    """A unix time as the audit trail writes times (UTC, ISO 8601)."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(float(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        return str(t)
 
 
 def _safe_next(target: str | None, default: str = "/jobs") -> str:
@@ -396,7 +398,7 @@ def browse_page(request: Request, console: Console, user: User, form: Any) -> Re
     shown = found[:PAGE_SIZE]
     return render(request, "browse.html", info=info, records=shown, more=len(found) > PAGE_SIZE,
                   page_no=page_no, filters=filters, labels=labels, ranges=SCORE_RANGES,
-                  where=review.locations(console.services.redis, shown))
+                  where=review.locations(console.reviews, shown))
 
 
 @page()
@@ -405,11 +407,12 @@ def record_page(request: Request, console: Console, user: User, form: Any) -> Re
     rec = console.services.records.get_many(model, [uri]).get(uri) if model and uri else None
     if rec is None:
         return render(request, "missing.html", status_code=404, what=f"record of {uri} for {model}")
-    actions = [a for a in review.audit_newest(console.services.redis, limit=20000) if a.uri == uri][:50]
+    actions = [a for a in audit.newest(console.services.redis, limit=RECORD_AUDIT_SCAN) if a.uri == uri][:50]
     revision = getattr(rec, "model_revision", None)
+    item = console.reviews.find(rec.uri, rec.etag)
     return render(request, "record.html", rec=rec, actions=actions, revision=revision,
-                  where=review.locations(console.services.redis, [rec]),
-                  reviewer_of=review.reviewer_of, human_label_of=review.human_label_of)
+                  where=review.locations(console.reviews, [rec]), item=item,
+                  history=console.reviews.history(item.id) if item is not None else [])
 
 
 async def thumb(request: Request) -> Response:
@@ -437,37 +440,166 @@ async def thumb(request: Request) -> Response:
 # ----------------------------------------------------------------------------- review
 
 
+def _review_query(params: Any) -> Query:
+    """The queue's state, filters, sort and page cursor from a query string or a form."""
+
+    def num(name: str) -> float | None:
+        return _float(str(params.get(name) or ""))
+
+    def cursor(name: str) -> int | None:
+        try:
+            return int(str(params.get(name) or "")) if params.get(name) else None
+        except ValueError:
+            return None
+
+    minutes = {k: num(k) for k in ("older", "newer")}
+    state = str(params.get("state") or "pending")
+    return Query(
+        state=state if state in ("pending", "claimed", "decided", "all") else "pending",
+        job=params.get("job") or None, model=params.get("model") or None, label=params.get("label") or None,
+        policy=params.get("policy") or None, lo=num("lo"), hi=num("hi"),
+        older=None if minutes["older"] is None else minutes["older"] * 60,
+        newer=None if minutes["newer"] is None else minutes["newer"] * 60,
+        sort="score" if params.get("sort") == "score" else "age", desc=params.get("desc") == "1",
+        after=cursor("after"), before=cursor("before"), size=REVIEW_PAGE,
+    )
+
+
+REVIEW_FILTERS = ("state", "job", "model", "label", "policy", "lo", "hi", "older", "newer", "sort", "desc")
+
+
+def _topk_labels(console: Console, items: list[Any]) -> dict[str, list[str]]:
+    """Item id → the labels of its record's top-k (what 1–9 set), one record read per model of the page."""
+    out: dict[str, list[str]] = {}
+    by_model: dict[str, list[Any]] = {}
+    for item in items:
+        by_model.setdefault(item.model, []).append(item)
+    for model, group in by_model.items():
+        try:
+            recs = console.services.records.get_many(model, [i.uri for i in group])
+        except Exception:  # labels by number are a convenience; the page works without them
+            logger.exception("console: top-k labels of the review page")
+            recs = {}
+        for item in group:
+            rec = recs.get(item.uri)
+            labels = [str(t["label"]) for t in (rec.top_k if rec is not None else [])][:9]
+            out[item.id] = labels or [item.label]
+    return out
+
+
 @page()
 def review_page(request: Request, console: Console, user: User, form: Any) -> Response:
-    state = request.query_params.get("state", "pending")
-    if state not in ("pending", "decided", "all"):
-        state = "pending"
-    items = review.queue(console.services.redis, state=state)
-    return render(request, "review.html", items=items, state=state, rules=console.rules(),
-                  reviewer_of=review.reviewer_of, human_label_of=review.human_label_of)
+    params = request.query_params
+    q = _review_query(params)
+    try:
+        result = console.reviews.query(q, user.name if user.can_write else None)
+    except UsageError as exc:
+        request.session["flash"] = f"error: {exc}"
+        result = console.reviews.query(Query(size=REVIEW_PAGE), user.name if user.can_write else None)
+    if q.state == "pending" and user.can_write and result.items:  # what you open is yours for a few minutes
+        mine = set(console.reviews.claim([i.id for i in result.items], user.name))
+        result.items = [i for i in console.reviews.get_many([i.id for i in result.items]) if i.id in mine]
+    filters = {k: params.get(k) for k in REVIEW_FILTERS if params.get(k)}
+    try:
+        offset = max(0, int(params.get("n", "0")))
+    except ValueError:
+        offset = 0
+    facets = console.reviews.facets().values()
+    choices = {k: sorted({f[k] for f in facets if f[k]}) for k in ("job", "model", "label", "policy")}
+    now = time.time()
+    return render(request, "review.html", page=result, items=result.items, state=q.state, q=q, filters=filters,
+                  offset=offset, choices=choices, counts=console.reviews.counts(), labels=_topk_labels(console, result.items),
+                  reasons=console.settings.console_reasons, blur=console.settings.console_blur, now=now,
+                  undo_seconds=console.reviews.undo_seconds, ago=lambda t: duration(max(0.0, now - t)))
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def _review_result(request: Request, ok: bool, message: str, item: Any, status: int = 200) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"ok": ok, "message": message, "item": item.public() if item is not None else None},
+                            status_code=status)
+    request.session["flash"] = message
+    return RedirectResponse(_safe_next(str(request.query_params.get("next") or "") or None, "/review"), 303)
+
+
+def _version(form: Any) -> int:
+    try:
+        return int(str(form.get("version") or ""))
+    except ValueError:
+        raise UsageError("the form lacks the item's version: reload the page") from None
 
 
 @page(write=True)
 def review_decide(request: Request, console: Console, user: User, form: Any) -> Response:
-    item = review.find(console.services.redis, str(form.get("uri") or ""), str(form.get("etag") or ""))
+    iid, decision = str(form.get("id") or ""), str(form.get("decision") or "")
+    next_url = _safe_next(str(form.get("next") or ""), "/review")
+    try:
+        item = review.decide(console.services.redis, console.stores, console.reviews, iid, _version(form), decision,
+                             user.name, human_label=str(form.get("human_label") or ""),
+                             reason=str(form.get("reason") or ""), reasons=console.settings.console_reasons)
+    except UsageError as exc:
+        current = exc.item if isinstance(exc, review.Conflict) else console.reviews.get(iid)
+        if _wants_json(request):
+            return JSONResponse({"ok": False, "message": f"refused: {exc}",
+                                 "item": current.public() if current is not None else None},
+                                status_code=409 if isinstance(exc, review.Conflict) else 400)
+        request.session["flash"] = f"refused: {exc}"
+        return RedirectResponse(next_url, status_code=303)
+    message = f"{decision}: {shown_key(item.uri)}"
+    if _wants_json(request):
+        return JSONResponse({"ok": True, "message": message, "item": item.public()})
+    request.session["flash"] = message
+    return RedirectResponse(next_url, status_code=303)
+
+
+@page(write=True)
+def review_undo(request: Request, console: Console, user: User, form: Any) -> Response:
+    iid = str(form.get("id") or "")
+    next_url = _safe_next(str(form.get("next") or ""), "/review")
+    try:
+        item = review.undo(console.services.redis, console.stores, console.reviews, iid, _version(form), user.name)
+    except UsageError as exc:
+        current = exc.item if isinstance(exc, review.Conflict) else console.reviews.get(iid)
+        if _wants_json(request):
+            return JSONResponse({"ok": False, "message": f"refused: {exc}",
+                                 "item": current.public() if current is not None else None}, status_code=409)
+        request.session["flash"] = f"refused: {exc}"
+        return RedirectResponse(next_url, status_code=303)
+    message = f"undone: {shown_key(item.uri)}"
+    if _wants_json(request):
+        return JSONResponse({"ok": True, "message": message, "item": item.public()})
+    request.session["flash"] = message
+    return RedirectResponse(next_url, status_code=303)
+
+
+@page(write=True)
+def review_bulk(request: Request, console: Console, user: User, form: Any) -> Response:
     decision = str(form.get("decision") or "")
-    review.decide(console.services, console.stores, item, decision, user.name, str(form.get("human_label") or ""))
-    request.session["flash"] = f"{decision}: {item.uri}"
-    return RedirectResponse(_safe_next(str(form.get("next") or ""), "/review"), status_code=303)
+    if form.get("sure") != "yes":
+        raise UsageError("tick the box to decide every item the filters select")
+    q = _review_query(form)
+    done, skipped = review.bulk(console.services.redis, console.stores, console.reviews, q, decision, user.name,
+                                reason=str(form.get("reason") or ""), reasons=console.settings.console_reasons)
+    logger.info("console: %s bulk %s: %d items, %d skipped", user.name, decision, done, len(skipped))
+    request.session["flash"] = f"bulk {decision}: {done} items" + (f", {len(skipped)} skipped" if skipped else "")
+    params = {k: form.get(k) for k in REVIEW_FILTERS if form.get(k) and k != "state"}
+    return RedirectResponse(url("/review", **params), status_code=303)
 
 
 @page()
 def review_export(request: Request, console: Console, user: User, form: Any) -> Response:
-    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in review.export_rows(console.services.redis)]
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in review.export_rows(console.reviews)]
     return Response("".join(lines), media_type="application/x-ndjson",
                     headers={"content-disposition": 'attachment; filename="review-decisions.jsonl"'})
 
 
 @page()
 def audit_page(request: Request, console: Console, user: User, form: Any) -> Response:
-    entries = list(review.audit_newest(console.services.redis, limit=500))
-    return render(request, "audit.html", entries=entries, reviewer_of=review.reviewer_of,
-                  human_label_of=review.human_label_of)
+    entries = list(audit.newest(console.services.redis, limit=500))
+    return render(request, "audit.html", entries=entries)
 
 
 async def home(request: Request) -> Response:
@@ -479,12 +611,14 @@ async def home(request: Request) -> Response:
 
 def create_app(settings: Settings, services: Any = None) -> Starlette:
     """The console over ``services`` (opened from settings when not given); refuses to run open to all."""
+    Auth(settings).require_configured()
     console = Console(settings, services if services is not None else open_services(settings))
-    console.auth.require_configured()
+    review.migrate(console.services.redis, console.reviews)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(url=url, duration=duration, redact=redact)
     templates.env.autoescape = True
     templates.env.filters["key"] = shown_key
+    templates.env.filters["when"] = _when
     routes = [
         Route("/", home),
         Route("/login", login, methods=["GET", "POST"]),
@@ -500,6 +634,8 @@ def create_app(settings: Settings, services: Any = None) -> Starlette:
         Route("/thumb", thumb),
         Route("/review", review_page),
         Route("/review/decide", review_decide, methods=["POST"]),
+        Route("/review/undo", review_undo, methods=["POST"]),
+        Route("/review/bulk", review_bulk, methods=["POST"]),
         Route("/review/export.jsonl", review_export),
         Route("/audit", audit_page),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

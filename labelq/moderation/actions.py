@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import AccessDenied, UsageError
-from ..storage import LocalStore, Stores, file_uri, split_s3
+from ..storage import LocalStore, Stores, file_uri, path_of, split_s3
 from .audit import Action
 
 MAX_TAGS = 10  # S3 keeps at most 10 tags per object
@@ -100,8 +100,10 @@ def local_move(store: LocalStore, src_uri: str, dest_uri: str, *, copy: bool = F
     root = store.root
     if root is None:
         raise AccessDenied("no local storage root is set (LABELQ_LOCAL_ROOT)")
-    src = store._resolve(src_uri)  # both inside the root, or AccessDenied
-    dest = store._resolve(dest_uri)
+    src = store._resolve(src_uri)  # inside the root, or AccessDenied
+    dest = path_of(dest_uri)  # not resolved: the walk below refuses any link on the way instead of following it
+    if not dest.is_absolute() or ".." in dest.parts or root not in dest.parents:
+        raise AccessDenied(f"path is outside the storage root {root}: {dest}")
     src_rel, dest_rel = src.relative_to(root), dest.relative_to(root)
     sfd = _open_dir(root, _parts(src_rel.parent), create=False)
     try:
