@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     console_thumb_px: int = Field(256, ge=32, le=1024, description="longest side of a thumbnail, pixels")
     console_thumb_dir: Path | None = Field(None, description="thumbnail cache folder; default a temporary one")
     console_thumb_cache_mb: int = Field(256, ge=1, description="thumbnail cache size, megabytes")
+    console_roles: str | None = Field(None, description="roles of users: name:role,… (viewer, reviewer, admin)")
+    console_users_file: Path | None = Field(None, description="TOML file of [users.NAME] password and role")
     console_reasons: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["policy-correct", "false-positive", "borderline", "wrong-label", "other"],
         description="reason codes a reviewer picks from (comma-separated); kept in the audit and the export")

@@ -33,7 +33,7 @@ from ..moderation import audit
 from ..reviews import Query, ReviewStore
 from ..services import open_services
 from . import review
-from .auth import Auth, User, csrf_ok, csrf_token
+from .auth import SESSION_FIELD, SESSION_SECONDS, Auth, User, csrf_ok, csrf_token
 from .progress import DEAD_LETTERS_PER_KIND, RateMeter, Summary, duration, summarise
 from .thumbs import PLACEHOLDER_SVG, Signer, Thumbnails
 
@@ -63,7 +63,7 @@ class Console:
 
         self.settings = settings
         self.services = services
-        self.auth = Auth(settings)
+        self.auth = Auth(settings, getattr(services, "redis", None))
         self.secret = settings.console_secret or secrets.token_urlsafe(32)
         self.signer = Signer(self.secret)
         self.stores = getattr(services, "stores", None) or Stores(settings)
@@ -133,8 +133,9 @@ def _safe_next(target: str | None, default: str = "/jobs") -> str:
 Handler = Callable[[Request, Console, User, Any], Response]
 
 
-def page(*, write: bool = False, api: bool = False) -> Callable[[Handler], Callable[[Request], Any]]:
-    """Authenticate, then (POST) check the CSRF token and the write permission, then run ``fn`` in a thread."""
+def page(*, write: bool = False, api: bool = False, admin: bool = False) -> Callable[[Handler], Callable[[Request], Any]]:
+    """Authenticate, then (POST) check the CSRF token and the write permission (``admin``: the admin role),
+    then run ``fn`` in a thread."""
 
     def wrap(fn: Handler) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
@@ -152,6 +153,8 @@ def page(*, write: bool = False, api: bool = False) -> Callable[[Handler], Calla
                     return PlainTextResponse("CSRF token missing or wrong: reload the page and try again", 403)
                 if write and not user.can_write:
                     return PlainTextResponse("read-only: viewers cannot change anything", status_code=403)
+                if admin and not user.is_admin:
+                    return PlainTextResponse("only admins may do this (LABELQ_CONSOLE_ROLES)", status_code=403)
             try:
                 return await run_in_threadpool(fn, request, console, user, form)
             except UsageError as exc:
@@ -206,32 +209,49 @@ class SecurityHeaders:
 async def login(request: Request) -> Response:
     console: Console = request.app.state.console
     next_url = _safe_next(request.query_params.get("next"))
-    error = None
+    error, status = None, 200
     if request.method == "POST":
         form = await request.form()
         next_url = _safe_next(str(form.get("next") or ""))
         if not csrf_ok(request, form):
             return PlainTextResponse("CSRF token missing or wrong: reload the page and try again", 403)
-        user = console.auth.check_password(str(form.get("username") or ""), str(form.get("password") or ""))
-        if user is not None:
+        name, password = str(form.get("username") or "")[:128], str(form.get("password") or "")
+        address = request.client.host if request.client else "-"
+        throttle = console.auth.throttle
+        wait = await run_in_threadpool(throttle.wait, name, address) if throttle is not None else 0
+        user = None if wait else console.auth.check_password(name, password)
+        if user is not None and console.auth.sessions is not None:
+            sid = await run_in_threadpool(console.auth.sessions.start, user.name)
+            if throttle is not None:
+                await run_in_threadpool(throttle.succeeded, user.name)
             request.session.clear()  # a fresh session (and CSRF token) after signing in
-            request.session["user"] = user.name
+            request.session[SESSION_FIELD] = sid
             logger.info("console: %s signed in", user.name)
             return RedirectResponse(next_url, status_code=303)
-        error = "wrong name or password"
-        logger.warning("console: failed sign-in for %r", str(form.get("username") or "")[:64])
+        if wait:
+            error, status = f"too many failed sign-ins: try again in {duration(wait)}", 429
+        else:
+            error, status = "wrong name or password", 401
+            if throttle is not None:
+                await run_in_threadpool(throttle.failed, name, address)
+        logger.warning("console: failed sign-in for %r from %s%s", name[:64], address, " (throttled)" if wait else "")
     templates: Jinja2Templates = request.app.state.templates
     return templates.TemplateResponse(
         request, "login.html", {"csrf": csrf_token(request), "next": next_url, "error": error, "user": None,
                                 "flash": None, "sso": console.auth.header},
-        status_code=401 if error else 200,
+        status_code=status,
     )
 
 
 async def logout(request: Request) -> Response:
+    console: Console = request.app.state.console
     form = await request.form()
     if not csrf_ok(request, form):
         return PlainTextResponse("CSRF token missing or wrong", status_code=403)
+    user = console.auth.from_request(request)
+    if user is not None and user.via == "session" and console.auth.sessions is not None:
+        n = await run_in_threadpool(console.auth.sessions.end_all, user.name)
+        logger.info("console: %s signed out (%d sessions ended)", user.name, n)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -329,7 +349,7 @@ def job_api(request: Request, console: Console, user: User, form: Any) -> Respon
                          "errors": info.errors})
 
 
-@page(write=True)
+@page(write=True, admin=True)
 def job_retry(request: Request, console: Console, user: User, form: Any) -> Response:
     from ..producer import retry
 
@@ -575,7 +595,7 @@ def review_undo(request: Request, console: Console, user: User, form: Any) -> Re
     return RedirectResponse(next_url, status_code=303)
 
 
-@page(write=True)
+@page(write=True, admin=True)
 def review_bulk(request: Request, console: Console, user: User, form: Any) -> Response:
     decision = str(form.get("decision") or "")
     if form.get("sure") != "yes":
@@ -643,7 +663,7 @@ def create_app(settings: Settings, services: Any = None) -> Starlette:
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=console.secret, session_cookie="labelq_console",
-                   same_site="strict", https_only=settings.console_secure_cookies, max_age=12 * 3600),
+                   same_site="strict", https_only=settings.console_secure_cookies, max_age=SESSION_SECONDS),
     ]
     app = Starlette(routes=routes, middleware=middleware)
     app.state.console = console

@@ -44,7 +44,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 JOB = "photos-2026"
 TOKEN = "e2e-token-" + "x" * 24
-USERS = "alice:alice-pw,vera:vera-pw,bob:bob-pw,carol:carol-pw"  # vera is a viewer
+USERS = "alice:alice-pw,vera:vera-pw,bob:bob-pw,carol:carol-pw,dave:dave-pw,erin:erin-pw"  # vera is a viewer
+ROLES = "alice:admin,carol:admin"  # the others reviewers
 SCRIPT_KEY = "photos/<script>alert('key')</script>.jpg"
 QUOTE_KEY = "photos/say \"cheese\" & 'smile'.jpg"
 UNICODE_KEY = "photos/ünïcödé 猫 ☃.jpg"
@@ -104,6 +105,7 @@ def site(redis_db: RedisDB, module_bucket: str, s3_client: Any, s3_server: Any, 
     settings = load_settings(
         broker_url=redis_db.url, s3_endpoint_url=s3_server.endpoint_url, models=models, policy=policy,
         max_pixels=CORPUS_MAX_PIXELS, local_root=folder / "root", console_users=USERS, console_viewers=["vera"],
+        console_roles=ROLES,
         console_token=TOKEN, console_secret="e2e-secret", console_thumb_dir=folder / "thumbs",
     )
     services = open_services(settings)
@@ -705,4 +707,56 @@ def test_bulk_release_of_a_filtered_selection(site: Site, browser: Any, queues: 
     assert len(released) == 6 and {a["reason"] for a in released} == {"false-positive"}
     rows = [json.loads(x) for x in ctx.request.get("/review/export.jsonl").text().splitlines()]
     assert {r["reason"] for r in rows if r["job"] == "q-bulk"} == {"false-positive"}
+    ctx.close()
+
+
+# ------------------------------------------------------------------ sessions and roles
+
+
+def test_sign_out_ends_every_session_of_the_user(site: Site, browser: Any) -> None:
+    laptop, page = _signed_in(browser, site, "erin", "erin-pw")
+    phone, other = _signed_in(browser, site, "erin", "erin-pw")
+    stolen = laptop.cookies()  # a copy of the laptop's cookie, taken before signing out
+    assert any(c["name"] == "labelq_console" for c in stolen)
+    page.click(".who button.link")  # sign out
+    assert page.url.startswith(site.url + "/login")
+    other.goto("/jobs")  # the phone's session ended too
+    assert other.url.startswith(site.url + "/login?next=")
+    replay = browser.new_context(base_url=site.url)
+    replay.add_cookies(stolen)
+    r = replay.request.get("/jobs", max_redirects=0)
+    assert r.status == 303 and r.headers["location"].startswith("/login")  # the old cookie is worth nothing
+    assert site.services.redis.keys("labelq:console:session:*")  # others' sessions stand
+    for ctx in (laptop, phone, replay):
+        ctx.close()
+
+
+def test_failed_sign_ins_are_throttled_per_user(site: Site, browser: Any) -> None:
+    import time
+
+    ctx = _context(browser, site)
+    page = ctx.new_page()
+    page.goto("/login")
+    csrf = _csrf(page)
+    started = time.monotonic()
+    codes = [ctx.request.post("/login", form={"username": "dave", "password": f"guess{i}", "csrf": csrf}).status
+             for i in range(8)]
+    assert codes == [401] * 5 + [429] * 3, codes
+    # even the right password waits now; another user is not held up
+    r = ctx.request.post("/login", form={"username": "dave", "password": "dave-pw", "csrf": csrf}, max_redirects=0)
+    assert r.status == 429 and "too many failed sign-ins" in r.text()
+    assert time.monotonic() - started < 30
+    ctx.close()
+    _signed_in(browser, site, "bob", "bob-pw")[0].close()
+
+
+def test_reviewers_decide_but_only_admins_retry_and_bulk(site: Site, browser: Any) -> None:
+    ctx, page = _signed_in(browser, site, "bob", "bob-pw")
+    assert page.locator(".who .role").inner_text() == "reviewer"
+    csrf = _csrf(page)
+    assert ctx.request.post("/jobs/retry", form={"job": JOB, "csrf": csrf}).status == 403
+    r = ctx.request.post("/review/bulk", form={"decision": "confirm", "sure": "yes", "job": "q-bulk", "csrf": csrf})
+    assert r.status == 403 and "only admins" in r.text()
+    page.goto("/review")
+    assert page.locator("#bulk").count() == 0
     ctx.close()

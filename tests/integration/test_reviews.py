@@ -169,3 +169,4 @@ def test_rebuild_from_the_audit_trail(store: ReviewStore, redis_client: Any) -> 
     assert store.counts()["pending"] == 4 and store.counts()["decided"] == 1
     released = store.find(acts[0].uri, acts[0].etag)
     assert released is not None and (released.decision, released.reviewer) == ("release", "alice")
+
