@@ -428,13 +428,48 @@ class ReviewStore:
             "undo": ""})
 
     def commit(self, item: Item, detail: str, undo: dict[str, Any], *, pipeline: Any = None) -> None:
-        """Record what the decision did in storage (and how to reverse it)."""
+        """Record what the decision did in storage (and how to reverse it), and count it for its reviewer."""
         pipe = pipeline if pipeline is not None else self.redis.pipeline(transaction=False)
         ik = f"{self.p}item:{item.id}"
         pipe.hset(ik, mapping={"detail": detail, "undo": json.dumps(undo)})
+        self._count(pipe, item, +1)
         if pipeline is None:
             pipe.execute()
         item.detail, item.undo = detail, undo
+
+    def uncount(self, item: Item, *, pipeline: Any) -> None:
+        """An undone decision no longer counts for its reviewer."""
+        self._count(pipeline, item, -1)
+
+    def _count(self, pipe: Any, item: Item, n: int) -> None:
+        who = item.reviewer or ""
+        agreed = item.decision == "confirm" or (item.decision == "label" and item.human_label == item.label)
+        pipe.hincrby(f"{self.p}reviewers", f"{who}{keys.SEP}decided", n)
+        if agreed:
+            pipe.hincrby(f"{self.p}reviewers", f"{who}{keys.SEP}agreed", n)
+        hour = f"{self.p}hour:{int((item.decided_at or self.clock()) // 3600)}"
+        pipe.hincrby(hour, who, n)
+        pipe.expire(hour, 2 * 86400)
+
+    def reviewer_stats(self) -> list[dict[str, Any]]:
+        """Per reviewer: decisions in the last hour and 24 hours, all decisions, and the share that agreed with
+        the policy (confirm, or a label equal to the model's)."""
+        totals: dict[str, dict[str, int]] = {}
+        for k, v in self.redis.hgetall(f"{self.p}reviewers").items():
+            who, _, what = _text(k).partition(keys.SEP)
+            totals.setdefault(who, {})[what] = int(v)
+        now_hour = int(self.clock() // 3600)
+        pipe = self.redis.pipeline(transaction=False)
+        for h in range(now_hour - 23, now_hour + 1):
+            pipe.hgetall(f"{self.p}hour:{h}")
+        hours = [{_text(k): int(v) for k, v in h.items()} for h in pipe.execute()]
+        out = []
+        for who in sorted(totals):
+            per_hour = [h.get(who, 0) for h in hours]
+            decided, agreed = totals[who].get("decided", 0), totals[who].get("agreed", 0)
+            out.append({"reviewer": who, "last_hour": per_hour[-1], "last_24h": sum(per_hour), "decided": decided,
+                        "agreement": agreed / decided if decided else None})
+        return out
 
     def rollback(self, item: Item, reviewer: str, error: str) -> Item:
         """The storage change of a reserved decision failed: the item is the reviewer's claim again."""

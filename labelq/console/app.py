@@ -72,6 +72,7 @@ class Console:
         self._lock = threading.Lock()
         self._workers_lock = threading.Lock()  # one broadcast at a time; pages wait for its answer
         self._workers: tuple[float, dict[str, Any]] = (0.0, {})
+        self._stats: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._summaries: dict[str, tuple[float, int, Summary]] = {}
         self.reviews = ReviewStore(services.redis, claim_seconds=settings.console_claim_seconds,
                                    undo_seconds=settings.console_undo_seconds)
@@ -86,6 +87,24 @@ class Console:
                 _, replies = check_workers(self.services.app, timeout=1.0)
                 self._workers = (time.monotonic(), replies)
             return replies
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        """Celery's own figures per worker (tasks processed, active tasks, uptime), asked every WORKERS_TTL s."""
+        with self._workers_lock:
+            at, stats = self._stats
+            if time.monotonic() - at > WORKERS_TTL:
+                stats = {}
+                try:
+                    inspect = self.services.app.control.inspect(timeout=1.0)
+                    raw, active = inspect.stats() or {}, inspect.active() or {}
+                except Exception as exc:  # noqa: BLE001 - a broker down: the page says no worker answered
+                    logger.info("console: worker stats: %s", exc)
+                    raw, active = {}, {}
+                for name, st in raw.items():
+                    stats[name] = {"processed": sum((st.get("total") or {}).values()), "uptime": st.get("uptime"),
+                                   "pid": st.get("pid"), "active": len(active.get(name) or [])}
+                self._stats = (time.monotonic(), stats)
+            return stats
 
     def summary(self, info: Any) -> Summary:
         with self._lock:
@@ -179,6 +198,14 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
         thumb=console.signer.url,
     )
     return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def render_part(request: Request, name: str, **context: Any) -> Response:
+    """A fragment a live page refreshes itself with (no flash taken, nothing else of the session)."""
+    console: Console = request.app.state.console
+    templates: Jinja2Templates = request.app.state.templates
+    context.update(user=console.auth.from_request(request), thumb=console.signer.url)
+    return templates.TemplateResponse(request, name, context)
 
 
 class SecurityHeaders:
@@ -288,6 +315,8 @@ def _queue(console: Console) -> dict[str, Any]:
 @page()
 def jobs_page(request: Request, console: Console, user: User, form: Any) -> Response:
     rows = [(info, _figures(console, info)) for info in console.services.book.jobs(100)]
+    if request.query_params.get("part") == "rows":  # the live table's refresh
+        return render_part(request, "_jobs_rows.html", rows=rows)
     return render(request, "jobs.html", rows=rows, queue=_queue(console), workers=console.workers())
 
 
@@ -316,6 +345,9 @@ def job_page(request: Request, console: Console, user: User, form: Any) -> Respo
         most = top[0][1]
         bars = [(label, n, max(1, round(300 * n / most))) for label, n in top]
         charts.append({"model": model, "bars": bars, "rest": rest, "records": sum(counts.values())})
+    if request.query_params.get("part") == "charts":  # the live chart's refresh
+        return render_part(request, "_charts.html", info=info, charts=charts, summary=summary,
+                           bucket_links=SCORE_RANGES)
     retryable = sum(n for kind, n in info.errors.items() if kind in RETRYABLE_KINDS)
     return render(request, "job.html", info=info, fig=_figures(console, info), queue=_queue(console),
                   workers=console.workers(), charts=charts, summary=summary, retryable=retryable,
@@ -622,6 +654,45 @@ def audit_page(request: Request, console: Console, user: User, form: Any) -> Res
     return render(request, "audit.html", entries=entries)
 
 
+# ----------------------------------------------------------------------------- operators
+
+OPS_JOBS = 10  # newest jobs whose records count into the workers' ok / failed figures
+
+
+@page()
+def ops_page(request: Request, console: Console, user: User, form: Any) -> Response:
+    from ..producer import queued_messages
+
+    settings, services = console.settings, console.services
+    info = console.workers()
+    stats = console.worker_stats()
+    records: dict[str, list[int]] = {}
+    for job in services.book.jobs(OPS_JOBS):
+        for name, (ok, failed) in console.summary(job).workers.items():
+            counts = records.setdefault(name, [0, 0])
+            counts[0] += ok
+            counts[1] += failed
+    workers = []
+    for name in sorted(set(info) | set(stats)):
+        st, inf = stats.get(name, {}), info.get(name, {})
+        ok, failed = records.get(name, [0, 0])
+        workers.append({"name": name, "device": inf.get("device"), "models": inf.get("models") or [],
+                        "processed": st.get("processed"), "active": st.get("active"),
+                        "uptime": duration(st.get("uptime")), "ok": ok, "failed": failed})
+    age, waiting = services.book.oldest_waiting()
+    queues = [{"name": f"bulk ({settings.queue})", "messages": queued_messages(services.app, settings.queue),
+               "note": f"{waiting} chunks waiting" + (f", oldest {duration(age)}" if age is not None else "")},
+              {"name": f"live ({settings.live_queue})", "messages": queued_messages(services.app, settings.live_queue),
+               "note": "single new uploads"}]
+    counts = console.reviews.counts()
+    oldest = console.reviews.oldest_pending()
+    backlog = {"pending": counts["pending"], "claimed": counts["claimed"], "decided": counts["decided"],
+               "oldest": duration(time.time() - oldest) if oldest else "—"}
+    draw = render_part if request.query_params.get("part") else render
+    return draw(request, "_ops.html" if draw is render_part else "ops.html", workers=workers, queues=queues,
+                backlog=backlog, reviewers=console.reviews.reviewer_stats(), ops_jobs=OPS_JOBS)
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse("/jobs", status_code=303)
 
@@ -658,6 +729,7 @@ def create_app(settings: Settings, services: Any = None) -> Starlette:
         Route("/review/bulk", review_bulk, methods=["POST"]),
         Route("/review/export.jsonl", review_export),
         Route("/audit", audit_page),
+        Route("/ops", ops_page),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [

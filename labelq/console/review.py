@@ -94,6 +94,7 @@ def undo(redis: Any, stores: Any, store: ReviewStore, iid: str, version: int, re
     pipe = redis.pipeline(transaction=True)
     pipe.xadd(keys.AUDIT, {"a": _audit_entry(before, f"{REVIEW}undo", reviewer, f"undid {before.decision}: {detail}")
                            .to_json()})
+    store.uncount(before, pipeline=pipe)
     if before.decision == "release":
         pipe.hdel(keys.RELEASED, before.uri)
     pipe.execute()

@@ -483,14 +483,60 @@ def test_a_running_job_updates_live(site: Site, browser: Any) -> None:
         pass
     assert answer.value.ok and answer.value.json()["state"] == "running"
     expect(page.locator("[data-field=state]")).to_have_text("running")  # the page changed without a reload
+    # the label chart follows the records as they are written
+    from labelq.records import Record
+
+    expect(page.locator("#charts figure.chart")).to_have_count(0)
+    site.services.records.write([Record(f"s3://{site.bucket}/live/{i}.jpg", f"e{i}", site.model, label="nsfw",
+                                        score=0.9, job="live-uploads", worker="e2e") for i in range(3)])
+    expect(page.locator("#charts figure.chart text.bar-n")).to_have_text(["3"], timeout=20000)
     assert page.url == site.url + "/jobs/view?job=live-uploads"
+    # and the jobs list shows a new job without a reload
+    page.goto("/jobs")
+    expect(page.locator("tr[data-job='live-later']")).to_have_count(0)
+    book.open("live-later", source=f"s3://{site.bucket}/later", models=[site.model])
+    expect(page.locator("tr[data-job='live-later']")).to_have_count(1, timeout=10000)
+    assert page.url == site.url + "/jobs"
+    ctx.close()
+
+
+def test_the_operator_view(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    from playwright.sync_api import expect
+
+    ctx, page = _signed_in(browser, site, "alice", "alice-pw")
+    page.goto("/ops")
+    rows = page.locator("#ops-workers tbody tr")
+    expect(rows).to_have_count(1)  # the module's worker
+    worker = str(rows.first.get_attribute("data-worker"))
+    assert int(rows.first.locator("[data-field=processed]").inner_text()) >= 1  # it ran the job's chunks
+    assert rows.first.locator("[data-field=uptime]").inner_text() not in ("", "—")
+    mine = [r for r in site.records if r.worker == worker]
+    assert int(rows.first.locator("[data-field=ok]").inner_text()) == sum(1 for r in mine if r.ok) > 0
+    assert int(rows.first.locator("[data-field=failed]").inner_text()) == sum(1 for r in mine if not r.ok) == 4
+    expect(page.locator("#ops-queues [data-field=messages]")).to_have_text(["0", "0"])
+    counts = site.app.state.console.reviews.counts()
+    expect(page.locator("#ops-backlog [data-field=decided]")).to_have_text(str(counts["decided"]))
+    alice = page.locator("#ops-reviewers tr[data-reviewer=alice]")
+    before = int(alice.locator("[data-field=decided]").inner_text())
+    assert before >= 3
+    # a decision elsewhere shows up here without a reload
+    from labelq.reviews import Query
+
+    store = site.app.state.console.reviews
+    from labelq.console import review as console_review
+
+    (item,) = store.query(Query(state="pending", job="q-ops")).items
+    console_review.decide(site.services.redis, site.app.state.console.stores, store, item.id, item.version,
+                          "confirm", "alice")
+    expect(alice.locator("[data-field=decided]")).to_have_text(str(before + 1), timeout=15000)
+    assert page.url == site.url + "/ops"
     ctx.close()
 
 
 # ------------------------------------------------------------------ the queue as a work queue
 
 
-QUEUES = {"q-paging": 60, "q-two": 5, "q-keys": 20, "q-bulk": 6, "q-undo": 2}
+QUEUES = {"q-paging": 60, "q-two": 5, "q-keys": 20, "q-bulk": 6, "q-undo": 2, "q-ops": 1}
 POLICY_TAGS = {"labelq-label", "labelq-score", "labelq-policy"}
 
 

@@ -109,6 +109,10 @@ def test_undo_is_for_ones_own_decision_within_the_window_and_rollback_restores(s
     store.clock.t += 121  # type: ignore[attr-defined]
     with pytest.raises(Conflict, match="too late to undo"):
         store.reserve_undo(x.id, back.version, "alice")
+    # what the operator view counts: one decision of alice's, a release (it disagrees with the policy)
+    stats = {r["reviewer"]: r for r in store.reviewer_stats()}
+    assert {k: stats["alice"][k] for k in ("decided", "last_hour", "last_24h", "agreement")} == {
+        "decided": 1, "last_hour": 1, "last_24h": 1, "agreement": 0.0}
     # a decision whose storage change failed goes back to the reviewer's claim
     r = store.reserve(y.id, 1, "alice", "confirm")
     failed = store.rollback(r, "alice", "boom")

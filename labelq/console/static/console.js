@@ -151,3 +151,24 @@
   });
   if (items.length) focus(0);
 })();
+
+// Live parts: an element with data-part is refreshed from that URL (server-rendered, escaped HTML) every 3 s
+// while data-live is "yes"; a job's chart stops once its job is done.
+(function () {
+  "use strict";
+  document.querySelectorAll("[data-part]").forEach(function (box) {
+    if (box.dataset.live === "no") return;
+    function refresh() {
+      fetch(box.dataset.part, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          if (html !== null) box.innerHTML = html;
+          var state = document.querySelector("#progress [data-field=state]");
+          if (box.id === "charts" && state && state.textContent === "done") return;
+          setTimeout(refresh, 3000);
+        })
+        .catch(function () { setTimeout(refresh, 6000); });
+    }
+    setTimeout(refresh, 3000);
+  });
+})();
