@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from labelq.config import load_settings
-from labelq.console.app import _safe_next, shown_key, url
 from labelq.console.auth import Auth, parse_users
 from labelq.console.progress import RateMeter, duration
 from labelq.console.thumbs import Signer, ThumbCache, make_thumbnail
+from labelq.console.web import _safe_next, shown_key, url
 from labelq.errors import UsageError
 
 
