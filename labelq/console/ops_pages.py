@@ -40,9 +40,10 @@ def ops_page(request: Request, console: Console, user: User, form: Any) -> Respo
                "note": f"{waiting} chunks waiting" + (f", oldest {duration(age)}" if age is not None else "")},
               {"name": f"live ({settings.live_queue})", "messages": queued_messages(services.app, settings.live_queue),
                "note": "single new uploads"}]
-    counts = console.reviews.counts()
+    review_counts = console.reviews.counts()
     oldest = console.reviews.oldest_pending()
-    backlog = {"pending": counts["pending"], "claimed": counts["claimed"], "decided": counts["decided"],
+    backlog = {"pending": review_counts["pending"], "claimed": review_counts["claimed"],
+               "decided": review_counts["decided"],
                "oldest": duration(time.time() - oldest) if oldest else "—"}
     draw = render_part if request.query_params.get("part") else render
     return draw(request, "_ops.html" if draw is render_part else "ops.html", workers=workers, queues=queues,

@@ -110,7 +110,8 @@ def bulk(redis: Any, stores: Any, store: ReviewStore, q: Query, decision: str, r
         raise UsageError("bulk decisions are confirm or release")
     _clean(None, reason, reasons, decision)
     q.state, q.after, q.before, q.size = "pending", None, None, min(BULK_MAX, 200)
-    done, skipped = 0, []
+    done = 0
+    skipped: list[str] = []
     while done + len(skipped) < BULK_MAX:
         page = store.query(q, reviewer)
         if not page.items:
