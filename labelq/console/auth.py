@@ -168,8 +168,8 @@ class Throttle:
     def failed(self, name: str, address: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for key in self._keys(name, address):
+            pipe.set(key, 0, ex=self.window, nx=True)  # the window starts at the first failure (INCR keeps the TTL)
             pipe.incr(key)
-            pipe.expire(key, self.window, nx=True)
         pipe.execute()
 
     def succeeded(self, name: str) -> None:

@@ -109,10 +109,11 @@ def bulk(redis: Any, stores: Any, store: ReviewStore, q: Query, decision: str, r
     if decision not in ("confirm", "release"):
         raise UsageError("bulk decisions are confirm or release")
     _clean(None, reason, reasons, decision)
-    q.state, q.after, q.before, q.size = "pending", None, None, min(BULK_MAX, 200)
+    q.state, q.after, q.before = "pending", None, None
     done = 0
     skipped: list[str] = []
     while done + len(skipped) < BULK_MAX:
+        q.size = min(200, BULK_MAX - done - len(skipped))
         page = store.query(q, reviewer)
         if not page.items:
             break
