@@ -153,8 +153,16 @@ class Settings(BaseSettings):
     console_thumb_px: int = Field(256, ge=32, le=1024, description="longest side of a thumbnail, pixels")
     console_thumb_dir: Path | None = Field(None, description="thumbnail cache folder; default a temporary one")
     console_thumb_cache_mb: int = Field(256, ge=1, description="thumbnail cache size, megabytes")
+    console_roles: str | None = Field(None, description="roles of users: name:role,… (viewer, reviewer, admin)")
+    console_users_file: Path | None = Field(None, description="TOML file of [users.NAME] password and role")
+    console_reasons: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["policy-correct", "false-positive", "borderline", "wrong-label", "other"],
+        description="reason codes a reviewer picks from (comma-separated); kept in the audit and the export")
+    console_blur: bool = Field(False, description="review previews blurred until hovered (each reviewer can toggle)")
+    console_claim_seconds: float = Field(300.0, gt=0, description="seconds an opened review item stays the opener's")
+    console_undo_seconds: float = Field(600.0, ge=0, description="seconds a reviewer may undo their own decision")
 
-    @field_validator("console_viewers", mode="before")
+    @field_validator("console_viewers", "console_reasons", mode="before")
     @classmethod
     def _console_viewers(cls, value: Any) -> Any:
         return _split_list(value)

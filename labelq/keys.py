@@ -36,6 +36,21 @@ key                                         type    holds
 ``labelq:released``                         hash    uri → etag a reviewer released from quarantine
                                                     (``labelq console``): that version is never acted on again
 ``labelq:seen-event:{uri}:{etag}``          string  de-duplicates object-created events (expires)
+``labelq:review:item:{id}``                 hash    a review item: one object version a policy acted on,
+                                                    its state, version, claim and decision
+                                                    (:mod:`labelq.reviews`); ``…:log`` list: its history
+``labelq:review:ix:{bucket}:{facet}:{sort}``  zset  item ids per state bucket (pending, decided,
+                                                    claimed:{reviewer}) and facet (job, model, label,
+                                                    policy), by age (seq) or by score
+``labelq:review:facets``                    hash    facet id → JSON (job, model, label, policy)
+``labelq:review:claims``                    zset    item id → claim expiry (unix seconds)
+``labelq:review:buckets``                   set     bucket names in use
+``labelq:review:seq``, ``…:timeline``       string, sequence of items; zset seq → unix second (age
+                                            zset    filters)
+``labelq:review:migrated``                  string  set once the store was rebuilt from ``labelq:audit``
+``labelq:console:session:{sid}``            hash    a console session (user, csrf); expires
+``labelq:console:user-sessions:{user}``     set     a user's session ids (sign out everywhere)
+``labelq:console:throttle:{who}``           string  failed sign-ins per user / address (expires)
 ==========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
@@ -50,6 +65,9 @@ JOBS = PREFIX + "jobs"
 AUDIT = PREFIX + "audit"
 ACTIONS = PREFIX + "actions"
 RELEASED = PREFIX + "released"
+REVIEW = PREFIX + "review:"  # the review store (labelq.reviews) keeps its keys under this prefix
+REVIEW_MIGRATED = REVIEW + "migrated"
+CONSOLE = PREFIX + "console:"  # console sessions and sign-in throttling
 CHUNKS = PREFIX + "chunks"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
 

@@ -75,6 +75,7 @@ class RateMeter:
 class Summary:
     labels: dict[str, Counter[str]] = field(default_factory=dict)  # model → label → records
     dead: dict[str, list[Any]] = field(default_factory=dict)  # error kind → records (first few)
+    workers: dict[str, list[int]] = field(default_factory=dict)  # worker → [ok records, failed records]
     read: int = 0
     sampled: bool = False
 
@@ -86,6 +87,8 @@ def summarise(records: Any, limit: int = SUMMARY_LIMIT) -> Summary:
             s.sampled = True
             break
         s.read += 1
+        counts = s.workers.setdefault(rec.worker or "?", [0, 0])
+        counts[0 if rec.ok else 1] += 1
         if rec.ok:
             s.labels.setdefault(rec.model, Counter())[rec.label or "?"] += 1
         else:

@@ -1,291 +1,180 @@
-"""The review queue: objects a moderation policy acted on, and reviewers' decisions about them.
+"""Reviewers' decisions: the review store (:mod:`labelq.reviews`) says who may decide what, the moderation
+actions change storage, the audit trail records it.
 
-Everything here is read from and written to the moderation audit trail (``labelq:audit``): the
-policy's actions put an object in the queue, a reviewer's decision is one more audit entry
-(action ``review:confirm``, ``review:release`` or ``review:label``, with ``reviewer`` and
-``human_label``), so the trail stays the one record of what happened. Releasing also writes
-``labelq:released`` (uri → etag), which the moderator consults so that version of the object is
-never acted on again.
+A decision is taken in three steps: the item is reserved in the store on the version the reviewer saw
+(a stale version or another reviewer's claim is refused, with the item as it is now), storage is
+changed (release: the object back at its key, the policy's tags off and review tags on; confirm:
+review tags where the object is), then the audit entry (``review:confirm``, ``review:release``,
+``review:label``, with reviewer, human label and reason) and ``labelq:released`` are written. When
+storage fails, the reservation is rolled back and the item is the reviewer's claim again. Undo is the
+same walk backwards, for one's own decision within the store's undo window.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import keys
 from ..errors import UsageError
+from ..moderation import actions as storage_actions
+from ..moderation.audit import Action
 from ..records import utcnow
+from ..reviews import DECISIONS, Conflict, Item, Query, ReviewStore, item_id
 
 logger = logging.getLogger(__name__)
 
 REVIEW = "review:"
-DECISIONS = ("confirm", "release", "label")
-QUEUED = ("move", "copy", "tag")  # policy actions that put an object under review
-_TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]", re.UNICODE)
+BULK_MAX = 500  # items one bulk decision takes
 
 
-def _action_type() -> Any:
-    """The audit entry type, from wherever the moderation code lives now."""
-    try:
-        from ..moderation.audit import Action  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from ..policy import Action  # type: ignore[no-redef,unused-ignore]
-    return Action
+def _audit_entry(item: Item, action: str, reviewer: str, detail: str, human_label: str | None = None,
+                 reason: str | None = None) -> Action:
+    return Action(uri=item.uri, model=item.model, label=item.label, score=item.score,
+                  policy_version=item.policy_version, action=action, result="ok", detail=detail, time=utcnow(),
+                  job=item.job, etag=item.etag, labelled_at=item.labelled_at, reviewer=reviewer,
+                  human_label=human_label, reason=reason, threshold=item.threshold)
 
 
-def _fields() -> set[str]:
-    return set(_action_type().__dataclass_fields__)
-
-
-def parse_entry(raw: bytes | str) -> Any:
-    data = json.loads(raw)
-    known = _fields()
-    return _action_type()(**{k: v for k, v in data.items() if k in known})
-
-
-def audit_newest(redis: Any, *, limit: int = 5000, page: int = 500) -> Iterator[Any]:
-    """Audit entries newest first (XREVRANGE), at most ``limit``."""
-    end, seen = "+", 0
-    while seen < limit:
-        entries = redis.xrevrange(keys.AUDIT, max=end, min="-", count=min(page, limit - seen))
-        if not entries:
-            return
-        for _, data in entries:
-            raw = data.get(b"a") or data.get("a")
-            if raw:
-                seen += 1
-                yield parse_entry(raw)
-        last = entries[-1][0]
-        end = "(" + (last.decode() if isinstance(last, bytes) else last)
-        if len(entries) < page:
-            return
-
-
-def audit_oldest(redis: Any, *, page: int = 1000) -> Iterator[Any]:
-    """Every audit entry in time order (XRANGE, a page at a time)."""
-    start = "-"
-    while True:
-        entries = redis.xrange(keys.AUDIT, min=start, max="+", count=page)
-        for _, data in entries:
-            raw = data.get(b"a") or data.get("a")
-            if raw:
-                yield parse_entry(raw)
-        if len(entries) < page:
-            return
-        last = entries[-1][0]
-        start = "(" + (last.decode() if isinstance(last, bytes) else last)
-
-
-@dataclass
-class Item:
-    """One version (uri, etag) of an object the policy acted on."""
-
-    uri: str
-    etag: str
-    model: str
-    label: str
-    score: float
-    policy_version: str
-    time: str
-    job: str | None
-    labelled_at: str | None
-    actions: list[str] = field(default_factory=list)
-    quarantine_uri: str | None = None
-    moved: bool = False
-    decision: Any = None  # the latest review entry, if any
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.uri, self.etag
-
-    @property
-    def shown_uri(self) -> str:
-        """Where the object is now: its quarantine copy while moved and not released."""
-        released = self.decision is not None and self.decision.action == REVIEW + "release"
-        return self.quarantine_uri if self.moved and self.quarantine_uri and not released else self.uri
-
-
-def queue(redis: Any, *, state: str = "pending", limit: int = 200, scan: int = 20000) -> list[Item]:
-    """Objects acted on, newest first; ``state`` pending (no decision yet), decided or all."""
-    decisions: dict[tuple[str, str], Any] = {}
-    items: dict[tuple[str, str], Item] = {}
-    for a in audit_newest(redis, limit=scan):
-        key = (a.uri, a.etag or "")
-        if a.action.startswith(REVIEW):
-            decisions.setdefault(key, a)  # newest first: the first one seen is the latest
-            continue
-        if a.action not in QUEUED or a.result != "ok":
-            continue
-        item = items.get(key)
-        if item is None:
-            item = items[key] = Item(a.uri, a.etag or "", a.model, a.label, float(a.score), a.policy_version, a.time,
-                                     a.job, a.labelled_at)
-        if a.action not in item.actions:
-            item.actions.insert(0, a.action)
-        if a.action in ("move", "copy") and a.detail.startswith(("s3://", "file://")):
-            item.quarantine_uri = item.quarantine_uri or a.detail
-            item.moved = item.moved or a.action == "move"
-    out = []
-    for key, item in items.items():
-        item.decision = decisions.get(key)
-        if state == "all" or (state == "pending") == (item.decision is None):
-            out.append(item)
-        if len(out) >= limit:
-            break
-    return out
-
-
-def locations(redis: Any, records: Any, *, scan: int = 20000) -> dict[str, str]:
-    """Where moved objects are now: uri → quarantine uri, for those of ``records`` a policy moved
-    to quarantine and no reviewer released (their original key is empty)."""
-    recs = list(records)
-    if not recs:
-        return {}
-    uris = [r.uri for r in recs]
-    moved = redis.hmget(keys.ACTIONS, [f"{u}{keys.SEP}move" for u in uris])
-    released = redis.hmget(keys.RELEASED, uris)
-    want = {r.uri for r, m, rel in zip(recs, moved, released, strict=True)
-            if m is not None and (rel is None or _text(rel) != (r.etag or ""))}
-    out: dict[str, str] = {}
-    if want:
-        for a in audit_newest(redis, limit=scan):
-            if a.uri in want and a.action == "move" and a.result == "ok" and a.uri not in out:
-                out[a.uri] = a.detail
-                if len(out) == len(want):
-                    break
-    return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def find(redis: Any, uri: str, etag: str) -> Item:
-    for item in queue(redis, state="all", limit=10**9):
-        if item.key == (uri, etag):
-            return item
-    raise UsageError("that object is not in the review queue (no policy acted on this version of it)")
-
-
-def decide(services: Any, stores: Any, item: Item, decision: str, reviewer: str, human_label: str | None) -> Any:
-    """Carry out and audit a reviewer's decision; returns the audit entry."""
+def _clean(human_label: str | None, reason: str | None, reasons: Sequence[str], decision: str) -> tuple[Any, Any]:
+    human_label = (human_label or "").strip() or None
+    reason = (reason or "").strip() or None
     if decision not in DECISIONS:
         raise UsageError(f"decision must be one of {', '.join(DECISIONS)}")
-    human_label = (human_label or "").strip() or None
     if decision == "label" and not human_label:
         raise UsageError("type the label to set")
     if human_label and len(human_label) > 200:
         raise UsageError("a label is at most 200 characters")
-    detail = ""
-    if decision == "release":
-        detail = _release(stores, item, reviewer)
-    entry = _action_type()(
-        uri=item.uri, model=item.model, label=item.label, score=item.score, policy_version=item.policy_version,
-        action=REVIEW + decision, result="ok", detail=detail, time=utcnow(), job=item.job, etag=item.etag,
-        labelled_at=item.labelled_at,
-    )
-    if "reviewer" in _fields():
-        entry.reviewer, entry.human_label = reviewer, human_label
-    else:  # moderation code without reviewer fields: keep them in the detail
-        entry.detail = json.dumps({"reviewer": reviewer, "human_label": human_label, "detail": detail})
-    pipe = services.redis.pipeline(transaction=True)
-    pipe.xadd(keys.AUDIT, {"a": entry.to_json()})
+    if reason and reasons and reason not in reasons:
+        raise UsageError(f"reason must be one of {', '.join(reasons)}")
+    return human_label, reason
+
+
+def decide(redis: Any, stores: Any, store: ReviewStore, iid: str, version: int, decision: str, reviewer: str, *,
+           human_label: str | None = None, reason: str | None = None, reasons: Sequence[str] = ()) -> Item:
+    """Carry out and audit a reviewer's decision on the version of the item they saw."""
+    human_label, reason = _clean(human_label, reason, reasons, decision)
+    item = store.reserve(iid, version, reviewer, decision, human_label=human_label, reason=reason)
+    try:
+        if decision == "release":
+            detail, undo = storage_actions.restore(stores, item, reviewer, reason)
+        elif decision == "confirm":
+            detail, undo = storage_actions.confirm(stores, item, reviewer, reason)
+        else:
+            detail, undo = "", {}
+    except Exception as exc:  # whatever failed, the reservation is rolled back
+        store.rollback(item, reviewer, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"{decision} failed, nothing changed: {type(exc).__name__}: {exc}") from None
+    pipe = redis.pipeline(transaction=True)
+    store.commit(item, detail, undo, pipeline=pipe)
+    pipe.xadd(keys.AUDIT, {"a": _audit_entry(item, REVIEW + decision, reviewer, detail, human_label, reason).to_json()})
     if decision == "release":
         pipe.hset(keys.RELEASED, item.uri, item.etag)
     pipe.execute()
     logger.info("review %s of %s by %s", decision, item.uri, reviewer)
-    return entry
+    return item
 
 
-def _release(stores: Any, item: Item, reviewer: str) -> str:
-    """Put a quarantined object back at its original key (tagged as reviewed); returns what was done."""
-    if item.decision is not None and item.decision.action == REVIEW + "release":
-        return "already released"
-    if item.uri.startswith("s3://"):
-        return _release_s3(stores.s3.client, item, reviewer)
-    if item.uri.startswith("file://"):
-        return _release_local(stores.local, item)
-    raise UsageError(f"cannot release {item.uri}")
+def undo(redis: Any, stores: Any, store: ReviewStore, iid: str, version: int, reviewer: str) -> Item:
+    """Reverse one's own decision in storage and in the store; the item is the reviewer's claim again."""
+    before, after = store.reserve_undo(iid, version, reviewer)
+    try:
+        if before.decision == "release":
+            detail = storage_actions.requarantine(stores, before)
+        elif before.decision == "confirm":
+            detail = storage_actions.untag(stores, before)
+        else:
+            detail = "label withdrawn"
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the decision must stand as it was
+        store.rollback_undo(before, after, reviewer, f"{type(exc).__name__}: {exc}")
+        raise UsageError(f"undo failed, the decision stands: {type(exc).__name__}: {exc}") from None
+    pipe = redis.pipeline(transaction=True)
+    pipe.xadd(keys.AUDIT, {"a": _audit_entry(before, f"{REVIEW}undo", reviewer, f"undid {before.decision}: {detail}")
+                           .to_json()})
+    store.uncount(before, pipeline=pipe)
+    if before.decision == "release":
+        pipe.hdel(keys.RELEASED, before.uri)
+    pipe.execute()
+    logger.info("review undo of %s on %s by %s", before.decision, before.uri, reviewer)
+    return after
 
 
-def _release_s3(client: Any, item: Item, reviewer: str) -> str:
-    from botocore.exceptions import ClientError
-
-    from ..objects import split_s3
-
-    bucket, key = split_s3(item.uri)
-    done = []
-    if item.moved and item.quarantine_uri:
-        qbucket, qkey = split_s3(item.quarantine_uri)
-        if qbucket != bucket or not qkey.endswith(key):
-            raise UsageError(f"the quarantine copy {item.quarantine_uri} is not in the object's bucket")
-        try:
-            head = client.head_object(Bucket=bucket, Key=key)
-            if head.get("ETag", "").strip('"') != item.etag:
-                raise UsageError("a new object was uploaded at the original key since; nothing restored")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                raise
-        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": qbucket, "Key": qkey})
-        client.delete_object(Bucket=qbucket, Key=qkey)
-        done.append(f"restored from {item.quarantine_uri}")
-    current = client.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
-    tags = {t["Key"]: t["Value"] for t in current}
-    tags.update({"labelq-review": "released", "labelq-reviewer": _TAG_UNSAFE.sub("_", reviewer)[:256]})
-    client.put_object_tagging(Bucket=bucket, Key=key,
-                              Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()][-10:]})
-    done.append("tagged labelq-review=released")
-    return "; ".join(done)
+def bulk(redis: Any, stores: Any, store: ReviewStore, q: Query, decision: str, reviewer: str, *,
+         reason: str | None = None, reasons: Sequence[str] = ()) -> tuple[int, list[str]]:
+    """Decide every pending item a query selects (at most BULK_MAX), each on its own version and audited on its
+    own; items other reviewers hold or that changed are skipped. Returns (decided, why each skip)."""
+    if decision not in ("confirm", "release"):
+        raise UsageError("bulk decisions are confirm or release")
+    _clean(None, reason, reasons, decision)
+    q.state, q.after, q.before = "pending", None, None
+    done = 0
+    skipped: list[str] = []
+    while done + len(skipped) < BULK_MAX:
+        q.size = min(200, BULK_MAX - done - len(skipped))
+        page = store.query(q, reviewer)
+        if not page.items:
+            break
+        for item in page.items:
+            try:
+                decide(redis, stores, store, item.id, item.version, decision, reviewer, reason=reason, reasons=reasons)
+                done += 1
+            except UsageError as exc:
+                skipped.append(f"{item.uri}: {exc}")
+        if page.next_after is None:
+            break
+        q.after = page.next_after  # what this page decided was before the cursor
+    return done, skipped
 
 
-def _release_local(local: Any, item: Item) -> str:
-    if not (item.moved and item.quarantine_uri):
-        return "local files have no tags: nothing to do"
-    src = local._resolve(item.quarantine_uri)  # both inside the storage root, or AccessDenied
-    dest = local._resolve(item.uri)
-    if dest.exists():
-        raise UsageError("a file exists at the original path since; nothing restored")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(src, dest)
-    return f"restored from {item.quarantine_uri}"
+def export_rows(store: ReviewStore) -> Iterator[dict[str, Any]]:
+    """The decision on each decided item, for retraining."""
+    for item in decided_items(store):
+        human = item.human_label
+        if human is None and item.decision == "confirm":
+            human = item.label  # confirming agrees with the model's label
+        yield {"uri": item.uri, "model": item.model, "label": item.label, "score": item.score, "human_label": human,
+               "decision": item.decision, "reason": item.reason, "reviewer": item.reviewer,
+               "time": _iso(item.decided_at), "etag": item.etag, "job": item.job,
+               "policy_version": item.policy_version}
 
 
-def human_label_of(entry: Any) -> str | None:
-    label = getattr(entry, "human_label", None)
-    if label is None and entry.detail.startswith("{"):
-        try:
-            label = json.loads(entry.detail).get("human_label")
-        except ValueError:
-            label = None
-    return label
+def decided_items(store: ReviewStore, batch: int = 500) -> Iterator[Item]:
+    q = Query(state="decided", size=min(batch, 200))
+    while True:
+        page = store.query(q)
+        yield from page.items
+        if page.next_after is None:
+            return
+        q.after = page.next_after
 
 
-def reviewer_of(entry: Any) -> str | None:
-    name = getattr(entry, "reviewer", None)
-    if name is None and entry.detail.startswith("{"):
-        try:
-            name = json.loads(entry.detail).get("reviewer")
-        except ValueError:
-            name = None
-    return name
+def _iso(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if t else ""
 
 
-def export_rows(redis: Any) -> Iterator[dict[str, Any]]:
-    """The latest decision per object version, oldest first, as rows for retraining."""
-    latest: dict[tuple[str, str, str], Any] = {}
-    for a in audit_oldest(redis):
-        if a.action.startswith(REVIEW):
-            latest[(a.uri, a.etag or "", a.model)] = a
-    for a in latest.values():
-        decision = a.action[len(REVIEW):]
-        human = human_label_of(a)
-        if human is None and decision == "confirm":
-            human = a.label  # confirming the quarantine agrees with the model's label
-        yield {"uri": a.uri, "model": a.model, "label": a.label, "score": a.score, "human_label": human,
-               "decision": decision, "reviewer": reviewer_of(a), "time": a.time, "etag": a.etag, "job": a.job}
+def locations(store: ReviewStore, records: Any) -> dict[str, str]:
+    """Where moved objects are now: uri → quarantine uri, for those of ``records`` a policy moved and no reviewer
+    released (one store read per record)."""
+    recs = list(records)
+    items = store.get_many([item_id(r.uri, r.etag) for r in recs]) if recs else []
+    return {i.uri: i.shown_uri for i in items if i.shown_uri != i.uri}
+
+
+def migrate(redis: Any, store: ReviewStore) -> int:
+    """Once per Redis: queue the items of the audit trail written before the review store existed."""
+    from ..moderation.audit import iter_audit
+
+    if not redis.set(keys.REVIEW_MIGRATED, utcnow(), nx=True):
+        return 0
+    n = store.rebuild_from_audit(iter_audit(redis))
+    if n:
+        logger.info("review store: %d items rebuilt from the audit trail", n)
+    return n
+
+
+__all__ = ["BULK_MAX", "Conflict", "bulk", "decide", "export_rows", "locations", "migrate", "undo"]

@@ -34,7 +34,9 @@ class Action:
     etag: str | None = None  # the version of the object acted on:
     labelled_at: str | None = None  # its etag and the record's processed_at
     reviewer: str | None = None  # review decisions (`labelq console`): who decided,
-    human_label: str | None = None  # and the label they set
+    human_label: str | None = None  # the label they set,
+    reason: str | None = None  # and the reason code they chose
+    threshold: float | None = None  # the threshold of the rule that acted, in the policy version that acted
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -53,23 +55,51 @@ def append(pipe: Any, actions: Iterable[Action]) -> None:
         pipe.xadd(keys.AUDIT, {"a": a.to_json()})
 
 
+def parse(raw: bytes | str) -> Action:
+    """One stream entry's JSON as an Action; fields this version does not know are ignored."""
+    data = json.loads(raw)
+    return Action(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+_FIELDS = frozenset(Action.__dataclass_fields__)
+
+
+def _entries(batch: Any) -> Iterator[Action]:
+    for _, data in batch:
+        raw = data.get(b"a") or data.get("a")
+        if raw:
+            yield parse(raw)
+
+
+def _after(batch: Any) -> str:
+    last = batch[-1][0]
+    return "(" + (last.decode() if isinstance(last, bytes) else last)
+
+
 def iter_audit(redis: Any, *, job: str | None = None, page: int = 1000) -> Iterator[Action]:
     """The audit trail in time order, a page at a time (XRANGE)."""
     start = "-"
     while True:
         entries = redis.xrange(keys.AUDIT, min=start, max="+", count=page)
-        if not entries:
-            return
-        for _, data in entries:
-            raw = data.get(b"a") or data.get("a")
-            action = Action(**json.loads(raw))
+        for action in _entries(entries):
             if job is None or action.job == job:
                 yield action
-        last = entries[-1][0]
-        last = last.decode() if isinstance(last, bytes) else last
-        start = "(" + last
         if len(entries) < page:
             return
+        start = _after(entries)
+
+
+def newest(redis: Any, *, limit: int = 500, page: int = 500) -> Iterator[Action]:
+    """The audit trail newest first (XREVRANGE), at most ``limit`` entries."""
+    end, seen = "+", 0
+    while seen < limit:
+        count = min(page, limit - seen)
+        entries = redis.xrevrange(keys.AUDIT, max=end, min="-", count=count)
+        seen += len(entries)
+        yield from _entries(entries)
+        if len(entries) < count:
+            return
+        end = _after(entries)
 
 
 def write_audit(actions: Iterable[Action], fmt: str, out: Any) -> int:

@@ -15,6 +15,7 @@ from .. import keys
 from ..errors import LabelqError
 from ..objects import Stores
 from ..records import Record, utcnow
+from ..reviews import ReviewStore
 from . import audit
 from .actions import take
 from .audit import Action
@@ -50,7 +51,8 @@ class Moderator:
             for rule, score in self.policy.matches(rec):
                 for kind in rule.actions:
                     planned.append(Action(rec.uri, rec.model, rule.label, score, self.policy.version, kind,
-                                          job=rec.job, etag=rec.etag, labelled_at=rec.processed_at))
+                                          job=rec.job, etag=rec.etag, labelled_at=rec.processed_at,
+                                          threshold=rule.threshold))
         if not planned:
             return []
         fields = [f"{a.uri}{keys.SEP}{a.action}" for a in planned]
@@ -87,9 +89,10 @@ class Moderator:
         return actions
 
     def _audit(self, actions: Sequence[Action]) -> None:
-        """The audit entries and the once-only bookkeeping, in one transaction."""
+        """The audit entries, the once-only bookkeeping and the review items, in one transaction."""
         pipe = self.redis.pipeline(transaction=True)
         audit.append(pipe, actions)
+        ReviewStore(self.redis).add(actions, pipeline=pipe)  # objects moved, copied or tagged wait for review
         for a in actions:
             if a.result == "ok":
                 pipe.hset(keys.ACTIONS, f"{a.uri}{keys.SEP}{a.action}", f"{a.policy_version}{keys.SEP}{a.version_key}")

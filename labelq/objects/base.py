@@ -10,8 +10,9 @@ at all (no credentials, no local root), so a worker fails the chunk back instead
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_TAGS = 10  # S3 keeps at most 10 tags per object; every store keeps the same set
-TAG_PREFIX = "labelq-"  # the tags labelq writes; a store's own tags are kept beside them
+_TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]", re.UNICODE)  # outside S3's (and Azure's) tag alphabet
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +136,17 @@ class NoActions:
         return False
 
 
-def merge_tags(current: Mapping[str, str], add: Mapping[str, str], remove: tuple[str, ...] = ()) -> dict[str, str]:
-    """The one tag-merge rule: the object's own tags are kept, labelq's named in ``remove`` go, ``add`` wins,
-    and at most MAX_TAGS remain (the object's own first: labelq never pushes out a tag it did not write)."""
-    own = {k: v for k, v in current.items() if not k.startswith(TAG_PREFIX)}
-    ours = {k: v for k, v in current.items() if k.startswith(TAG_PREFIX) and k not in remove}
-    ours.update(add)
-    merged = dict(own)
-    for k, v in ours.items():
-        if len(merged) >= MAX_TAGS:
-            logger.warning("object already has %d tags: %s=%s not written", MAX_TAGS, k, v)
-            break
-        merged[k] = v
-    return merged
+def merge_tags(current: Mapping[str, str], add: Mapping[str, str], remove: Sequence[str] = ()) -> dict[str, str]:
+    """The one tag rule, for every store: drop ``remove``, then set ``add`` (values made safe for every
+    store's tag alphabet); when that holds more than MAX_TAGS, the added tags stay and the other tags are
+    dropped from the last (a policy's or a reviewer's tags are the evidence of what was done)."""
+    kept = {k: v for k, v in current.items() if k not in remove and k not in add}
+    added = {k: _TAG_UNSAFE.sub("_", v)[:256] for k, v in add.items()}
+    room = max(0, MAX_TAGS - len(added))
+    dropped = list(kept)[room:]
+    if dropped:
+        logger.warning("object has more than %d tags: %s dropped to make room for labelq's", MAX_TAGS, dropped)
+    return {**dict(list(kept.items())[:room]), **added}
 
 
 def under_prefix(key: str, prefix: str) -> str:

@@ -44,7 +44,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 JOB = "photos-2026"
 TOKEN = "e2e-token-" + "x" * 24
-USERS = "alice:alice-pw,vera:vera-pw"  # vera is a viewer
+USERS = "alice:alice-pw,vera:vera-pw,bob:bob-pw,carol:carol-pw,dave:dave-pw,erin:erin-pw"  # vera is a viewer
+ROLES = "alice:admin,carol:admin"  # the others reviewers
 SCRIPT_KEY = "photos/<script>alert('key')</script>.jpg"
 QUOTE_KEY = "photos/say \"cheese\" & 'smile'.jpg"
 UNICODE_KEY = "photos/ünïcödé 猫 ☃.jpg"
@@ -104,6 +105,7 @@ def site(redis_db: RedisDB, module_bucket: str, s3_client: Any, s3_server: Any, 
     settings = load_settings(
         broker_url=redis_db.url, s3_endpoint_url=s3_server.endpoint_url, models=models, policy=policy,
         max_pixels=CORPUS_MAX_PIXELS, local_root=folder / "root", console_users=USERS, console_viewers=["vera"],
+        console_roles=ROLES,
         console_token=TOKEN, console_secret="e2e-secret", console_thumb_dir=folder / "thumbs",
     )
     services = open_services(settings)
@@ -259,6 +261,7 @@ def test_sign_in_open_a_job_filter_by_label_review_and_audit(site: Site, browser
 
     # a record: top-k, etag, worker, time
     uri = cards.first.get_attribute("data-uri")
+    assert str(uri).endswith("/" + cards.first.locator(".uri").inner_text())  # the whole file name, never cut
     rec = next(r for r in site.records if r.uri == uri and r.model == timm)
     cards.first.locator("a").click()
     fields = page.locator("#record-fields")
@@ -343,7 +346,10 @@ def _check_storage(site: Site) -> None:
     assert SCRIPT_KEY in names and "quarantine/" + SCRIPT_KEY not in names
     tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=SCRIPT_KEY)["TagSet"]}
     assert tags["labelq-review"] == "released" and tags["labelq-reviewer"] == "alice"
+    assert not {"labelq-label", "labelq-score", "labelq-policy"} & set(tags)  # the policy's tags went with it
     assert QUOTE_KEY not in names and "quarantine/" + QUOTE_KEY in names
+    tags = _tags(s3, bucket, "quarantine/" + QUOTE_KEY)  # confirmed: tagged where it is, the policy's tags kept
+    assert tags["labelq-review"] == "confirmed" and tags["labelq-label"] == "nsfw"
     assert split_s3(site.quarantined[s3_uri(bucket, QUOTE_KEY)])[1] == "quarantine/" + QUOTE_KEY
 
     # never moderated again for that version: relabelled (same etag, new time), the policy leaves it alone;
@@ -478,5 +484,326 @@ def test_a_running_job_updates_live(site: Site, browser: Any) -> None:
         pass
     assert answer.value.ok and answer.value.json()["state"] == "running"
     expect(page.locator("[data-field=state]")).to_have_text("running")  # the page changed without a reload
+    # the label chart follows the records as they are written
+    from labelq.records import Record
+
+    expect(page.locator("#charts figure.chart")).to_have_count(0)
+    site.services.records.write([Record(f"s3://{site.bucket}/live/{i}.jpg", f"e{i}", site.model, label="nsfw",
+                                        score=0.9, job="live-uploads", worker="e2e") for i in range(3)])
+    expect(page.locator("#charts figure.chart text.bar-n")).to_have_text(["3"], timeout=20000)
     assert page.url == site.url + "/jobs/view?job=live-uploads"
+    # and the jobs list shows a new job without a reload
+    page.goto("/jobs")
+    expect(page.locator("tr[data-job='live-later']")).to_have_count(0)
+    book.open("live-later", source=f"s3://{site.bucket}/later", models=[site.model])
+    expect(page.locator("tr[data-job='live-later']")).to_have_count(1, timeout=10000)
+    assert page.url == site.url + "/jobs"
+    ctx.close()
+
+
+def test_the_operator_view(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    from playwright.sync_api import expect
+
+    ctx, page = _signed_in(browser, site, "alice", "alice-pw")
+    page.goto("/ops")
+    rows = page.locator("#ops-workers tbody tr")
+    expect(rows).to_have_count(1)  # the module's worker
+    worker = str(rows.first.get_attribute("data-worker"))
+    assert int(rows.first.locator("[data-field=processed]").inner_text()) >= 1  # it ran the job's chunks
+    assert rows.first.locator("[data-field=uptime]").inner_text() not in ("", "—")
+    mine = [r for r in site.records if r.worker == worker]
+    assert int(rows.first.locator("[data-field=ok]").inner_text()) == sum(1 for r in mine if r.ok) > 0
+    assert int(rows.first.locator("[data-field=failed]").inner_text()) == sum(1 for r in mine if not r.ok) == 4
+    expect(page.locator("#ops-queues [data-field=messages]")).to_have_text(["0", "0"])
+    counts = site.app.state.console.reviews.counts()
+    expect(page.locator("#ops-backlog [data-field=decided]")).to_have_text(str(counts["decided"]))
+    alice = page.locator("#ops-reviewers tr[data-reviewer=alice]")
+    before = int(alice.locator("[data-field=decided]").inner_text())
+    assert before >= 3
+    # a decision elsewhere shows up here without a reload
+    from labelq.reviews import Query
+
+    store = site.app.state.console.reviews
+    from labelq.console import review as console_review
+
+    (item,) = store.query(Query(state="pending", job="q-ops")).items
+    console_review.decide(site.services.redis, site.app.state.console.stores, store, item.id, item.version,
+                          "confirm", "alice")
+    expect(alice.locator("[data-field=decided]")).to_have_text(str(before + 1), timeout=15000)
+    assert page.url == site.url + "/ops"
+    ctx.close()
+
+
+# ------------------------------------------------------------------ the queue as a work queue
+
+
+QUEUES = {"q-paging": 60, "q-two": 5, "q-keys": 20, "q-bulk": 6, "q-undo": 2, "q-ops": 1}
+POLICY_TAGS = {"labelq-label", "labelq-score", "labelq-policy"}
+
+
+def _tags(s3: Any, bucket: str, key: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+
+
+@pytest.fixture(scope="module")
+def queues(site: Site, photo_bytes: list[bytes]) -> dict[str, list[Any]]:
+    """Jobs of records written straight to the record store (top-k nsfw, normal), their objects quarantined by
+    the real moderator: job → records, oldest first."""
+    from labelq.moderation import Moderator, load_policy
+    from labelq.records import Record
+
+    objects, n = {}, 0
+    for job, count in QUEUES.items():
+        for i in range(count):
+            objects[f"{job}/p_{i:03d}.jpg"] = photo_bytes[100 + n]
+            n += 1
+    etags = put_objects(site.s3, site.bucket, objects)
+    out: dict[str, list[Any]] = {}
+    for job in QUEUES:
+        recs = []
+        for uri, etag in sorted((u, e) for u, e in etags.items() if u.split("/")[3] == job):
+            score = 0.5 + (int(uri[-7:-4]) % 50) / 100
+            recs.append(Record(uri, etag, site.model, label="nsfw", score=score, job=job, worker="e2e",
+                               top_k=[{"label": "nsfw", "score": score}, {"label": "normal", "score": 1 - score}]))
+        site.services.records.write(recs)
+        assert site.settings.policy is not None
+        done = Moderator(load_policy(site.settings.policy), redis=site.services.redis,
+                         stores=Stores(site.settings)).apply(recs)
+        assert {a.result for a in done} == {"ok"} and len(done) == 2 * len(recs)
+        out[job] = recs
+    return out
+
+
+def _ids(page: Any) -> list[str]:
+    return [str(x) for x in page.locator("li.item").evaluate_all("els => els.map(e => e.dataset.id)")]
+
+
+def _key(uri: str) -> str:
+    return uri.split("/", 3)[3]
+
+
+def test_paging_through_a_queue_larger_than_a_page(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    from playwright.sync_api import expect
+
+    ctx, page = _signed_in(browser, site, "carol", "carol-pw")
+    page.goto("/review?job=q-paging")
+    expect(page.locator("li.item")).to_have_count(50)
+    expect(page.locator("#range")).to_have_text("1–50 of 60")
+    first = _ids(page)
+    page.click("#next-page")
+    expect(page.locator("li.item")).to_have_count(10)
+    expect(page.locator("#range")).to_have_text("51–60 of 60")
+    second = _ids(page)
+    assert not set(first) & set(second)
+    uris = {i.get_attribute("data-uri") for i in page.locator("li.item").all()}
+    assert uris == {r.uri for r in queues["q-paging"][50:]}  # oldest first: the last ten queued
+    page.click("#prev-page")
+    expect(page.locator("li.item")).to_have_count(50)
+    assert _ids(page) == first
+    expect(page.locator("#next-page")).to_have_count(1)
+    # highest score first, across both pages; a score range narrows the total
+    page.goto("/review?job=q-paging&sort=score&desc=1")
+    scores = [float(t.split()[1]) for t in page.locator("li.item .what p:nth-child(2)").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 50
+    page.goto("/review?job=q-paging&lo=0.9&hi=1")
+    want = sum(1 for r in queues["q-paging"] if r.score >= 0.9)
+    expect(page.locator("#range")).to_have_text(f"1–{want} of {want}")
+    ctx.close()
+
+
+def test_two_reviewers_deciding_the_same_item(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    from playwright.sync_api import expect
+
+    bob_ctx, bob = _signed_in(browser, site, "bob", "bob-pw")
+    alice_ctx, alice = _signed_in(browser, site, "alice", "alice-pw")
+    bob.goto("/review?state=all&job=q-two")  # the all tab claims nothing; Bob's page goes stale
+    x = bob.locator("li.item").first
+    x_id, x_uri = x.get_attribute("data-id"), str(x.get_attribute("data-uri"))
+    alice.goto("/review?job=q-two")  # what Alice opens is hers
+    expect(alice.locator("li.item")).to_have_count(5)
+    alice.locator(f"li.item[data-id='{x_id}'] button.release").click()
+    expect(alice.locator("p.flash")).to_contain_text("release: ")
+    # Bob's stale confirm is refused, and says what X is now
+    bob.locator(f"li.item[data-id='{x_id}'] button.confirm").click()
+    expect(bob.locator("p.flash")).to_contain_text("refused: this item changed since you opened it (now: release by alice")
+    # his pending queue has none of the items Alice holds
+    bob.goto("/review?job=q-two")
+    expect(bob.locator("#empty")).to_have_count(1)
+    # the same refusal by keyboard (no reload): Bob's "all" page, X stale again after Alice undoes her release
+    bob.goto("/review?state=all&job=q-two")
+    alice.goto("/review?state=decided&job=q-two")
+    alice.locator(f"li.item[data-id='{x_id}'] button.undo").click()
+    expect(alice.locator("p.flash")).to_contain_text("undone: ")
+    bob.locator(f"li.item[data-id='{x_id}']").click()
+    with bob.expect_response(lambda r: r.url.endswith("/review/decide")) as answer:
+        bob.keyboard.press("c")
+    assert answer.value.status == 409
+    expect(bob.locator(f"li.item[data-id='{x_id}'] .decision")).to_contain_text("open by alice")
+    # storage says what the console says: X quarantined again by the undo, never confirmed by Bob
+    key = _key(x_uri)
+    names = {o["Key"] for o in site.s3.list_objects_v2(Bucket=site.bucket, Prefix="quarantine/q-two").get("Contents", [])}
+    assert "quarantine/" + key in names
+    tags = _tags(site.s3, site.bucket, "quarantine/" + key)
+    assert "labelq-review" not in tags and tags["labelq-label"] == "nsfw"
+    item = site.app.state.console.reviews.find(x_uri, next(r.etag for r in queues["q-two"] if r.uri == x_uri))
+    assert (item.state, item.claimed_by, item.decision) == ("claimed", "alice", None)
+    assert [h["event"] for h in site.app.state.console.reviews.history(item.id)] == [
+        "queued", "claim", "release", "undo"]
+    bob_ctx.close()
+    alice_ctx.close()
+
+
+def test_keyboard_only_review_of_twenty_items(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    import time
+
+    from playwright.sync_api import expect
+
+    ctx, page = _signed_in(browser, site, "carol", "carol-pw")
+    page.goto("/review?job=q-keys")
+    expect(page.locator("li.item")).to_have_count(20)
+    page.keyboard.press("?")
+    expect(page.locator("#help")).to_be_visible()
+    page.keyboard.press("?")
+    items = page.locator("li.item")
+    expect(items.nth(0)).to_have_class(re.compile(r"\bfocus\b"))
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("k")
+    expect(items.nth(1)).to_have_class(re.compile(r"\bfocus\b"))
+    page.keyboard.press("k")
+    keys = ["c", "r", "2"]  # confirm, release, label "normal" (top-k #2)
+    plan: dict[str, str] = {}
+    started = time.monotonic()
+    for i in range(20):
+        key = keys[i % 3]
+        uri = str(page.locator("li.item.focus").get_attribute("data-uri"))
+        page.keyboard.press(key)
+        plan[uri] = {"c": "confirm", "r": "release", "2": "label"}[key]
+        expect(page.locator("li.item.state-decided")).to_have_count(i + 1)
+    elapsed = time.monotonic() - started
+    assert len(plan) == 20
+    print(f"keyboard review: 20 decisions in {elapsed:.1f} s = {60 * 20 / elapsed:.0f} per minute")
+    assert page.url.endswith("/review?job=q-keys")  # never reloaded
+    store = site.app.state.console.reviews
+    for rec in queues["q-keys"]:
+        item = store.find(rec.uri, rec.etag)
+        want = plan[rec.uri]
+        assert (item.decision, item.reviewer) == (want, "carol"), rec.uri
+        key = _key(rec.uri)
+        if want == "release":
+            tags = _tags(site.s3, site.bucket, key)
+            assert tags["labelq-review"] == "released" and not POLICY_TAGS & set(tags)
+        elif want == "confirm":
+            assert _tags(site.s3, site.bucket, "quarantine/" + key)["labelq-review"] == "confirmed"
+        elif want == "label":
+            assert item.human_label == "normal"
+    ctx.close()
+
+
+def test_undo_reverses_storage_and_enter_relabels(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    from playwright.sync_api import expect
+
+    ctx, page = _signed_in(browser, site, "carol", "carol-pw")
+    page.goto("/review?job=q-undo")
+    expect(page.locator("li.item")).to_have_count(2)
+    first, second = queues["q-undo"]
+    key = _key(first.uri)
+    page.keyboard.press("r")
+    expect(page.locator("li.item.state-decided")).to_have_count(1)
+    assert _tags(site.s3, site.bucket, key)["labelq-review"] == "released"
+    assert site.services.redis.hget("labelq:released", first.uri) is not None
+    page.keyboard.press("u")
+    expect(page.locator("li.item.state-decided")).to_have_count(0)
+    expect(page.locator("p.flash")).to_contain_text("undone: ")
+    names = {o["Key"] for o in site.s3.list_objects_v2(Bucket=site.bucket, Prefix="").get("Contents", [])}
+    assert key not in names and "quarantine/" + key in names  # quarantined again
+    tags = _tags(site.s3, site.bucket, "quarantine/" + key)
+    assert "labelq-review" not in tags and tags["labelq-label"] == "nsfw"  # the tags it had
+    assert site.services.redis.hget("labelq:released", first.uri) is None  # the policy may act on it again
+    # Enter in the label field sets that label; it does not confirm
+    field = page.locator(f"li.item[data-uri='{second.uri}'] input[name=human_label]")
+    field.fill("cat")
+    field.press("Enter")
+    expect(page.locator(f"li.item[data-uri='{second.uri}'] .decision")).to_contain_text("label by carol")
+    item = site.app.state.console.reviews.find(second.uri, second.etag)
+    assert (item.decision, item.human_label) == ("label", "cat")
+    audit = [json.loads(v[b"a"]) for _, v in site.services.redis.xrange("labelq:audit")]
+    mine = [(a["action"], a["uri"]) for a in audit if a["uri"] in (first.uri, second.uri) and a.get("reviewer")]
+    assert mine == [("review:release", first.uri), ("review:undo", first.uri), ("review:label", second.uri)]
+    ctx.close()
+
+
+def test_bulk_release_of_a_filtered_selection(site: Site, browser: Any, queues: dict[str, list[Any]]) -> None:
+    from playwright.sync_api import expect
+
+    ctx, page = _signed_in(browser, site, "carol", "carol-pw")
+    page.goto("/review?job=q-bulk")
+    expect(page.locator("li.item")).to_have_count(6)
+    page.click("#bulk-release")  # without the box ticked: refused
+    expect(page.locator("p.flash")).to_contain_text("tick the box")
+    expect(page.locator("li.item")).to_have_count(6)
+    page.select_option("#bulk select[name=reason]", "false-positive")
+    page.check("#bulk-sure")
+    page.click("#bulk-release")
+    expect(page.locator("p.flash")).to_contain_text("bulk release: 6 items")
+    expect(page.locator("#empty")).to_have_count(1)
+    names = {o["Key"] for o in site.s3.list_objects_v2(Bucket=site.bucket, Prefix="q-bulk/").get("Contents", [])}
+    assert names == {_key(r.uri) for r in queues["q-bulk"]}
+    audit = [json.loads(v[b"a"]) for _, v in site.services.redis.xrange("labelq:audit")]
+    released = [a for a in audit if a["action"] == "review:release" and a["job"] == "q-bulk"]
+    assert len(released) == 6 and {a["reason"] for a in released} == {"false-positive"}
+    rows = [json.loads(x) for x in ctx.request.get("/review/export.jsonl").text().splitlines()]
+    assert {r["reason"] for r in rows if r["job"] == "q-bulk"} == {"false-positive"}
+    ctx.close()
+
+
+# ------------------------------------------------------------------ sessions and roles
+
+
+def test_sign_out_ends_every_session_of_the_user(site: Site, browser: Any) -> None:
+    laptop, page = _signed_in(browser, site, "erin", "erin-pw")
+    phone, other = _signed_in(browser, site, "erin", "erin-pw")
+    stolen = laptop.cookies()  # a copy of the laptop's cookie, taken before signing out
+    assert any(c["name"] == "labelq_console" for c in stolen)
+    page.click(".who button.link")  # sign out
+    assert page.url.startswith(site.url + "/login")
+    other.goto("/jobs")  # the phone's session ended too
+    assert other.url.startswith(site.url + "/login?next=")
+    replay = browser.new_context(base_url=site.url)
+    replay.add_cookies(stolen)
+    r = replay.request.get("/jobs", max_redirects=0)
+    assert r.status == 303 and r.headers["location"].startswith("/login")  # the old cookie is worth nothing
+    assert site.services.redis.keys("labelq:console:session:*")  # others' sessions stand
+    for ctx in (laptop, phone, replay):
+        ctx.close()
+
+
+def test_failed_sign_ins_are_throttled_per_user(site: Site, browser: Any) -> None:
+    import time
+
+    ctx = _context(browser, site)
+    page = ctx.new_page()
+    page.goto("/login")
+    csrf = _csrf(page)
+    started = time.monotonic()
+    codes = [ctx.request.post("/login", form={"username": "dave", "password": f"guess{i}", "csrf": csrf}).status
+             for i in range(8)]
+    assert codes == [401] * 5 + [429] * 3, codes
+    # even the right password waits now; another user is not held up
+    r = ctx.request.post("/login", form={"username": "dave", "password": "dave-pw", "csrf": csrf}, max_redirects=0)
+    assert r.status == 429 and "too many failed sign-ins" in r.text()
+    assert time.monotonic() - started < 30
+    ctx.close()
+    _signed_in(browser, site, "bob", "bob-pw")[0].close()
+
+
+def test_reviewers_decide_but_only_admins_retry_and_bulk(site: Site, browser: Any) -> None:
+    ctx, page = _signed_in(browser, site, "bob", "bob-pw")
+    assert page.locator(".who .role").inner_text() == "reviewer"
+    csrf = _csrf(page)
+    assert ctx.request.post("/jobs/retry", form={"job": JOB, "csrf": csrf}).status == 403
+    r = ctx.request.post("/review/bulk", form={"decision": "confirm", "sure": "yes", "job": "q-bulk", "csrf": csrf})
+    assert r.status == 403 and "only admins" in r.text()
+    page.goto("/review")
+    assert page.locator("#bulk").count() == 0
     ctx.close()

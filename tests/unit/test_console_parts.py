@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from labelq.config import load_settings
-from labelq.console.app import _safe_next, shown_key, url
 from labelq.console.auth import Auth, parse_users
 from labelq.console.progress import RateMeter, duration
 from labelq.console.thumbs import Signer, ThumbCache, make_thumbnail
+from labelq.console.web import _safe_next, shown_key, url
 from labelq.errors import UsageError
 
 
@@ -74,6 +74,28 @@ def test_users_tokens_and_viewers() -> None:
     with pytest.raises(UsageError, match="anonymously"):
         Auth(load_settings()).require_configured()
     Auth(load_settings(console_auth_header="X-Forwarded-User")).require_configured()
+
+
+def test_roles_from_settings_or_a_users_file(tmp_path: Path) -> None:
+    from labelq.console.auth import parse_roles
+
+    assert parse_roles("alice:admin, bob:reviewer") == {"alice": "admin", "bob": "reviewer"}
+    with pytest.raises(UsageError, match="role one of viewer, reviewer, admin"):
+        parse_roles("alice:root")
+    auth = Auth(load_settings(console_users="alice:a,bob:b,vera:v", console_roles="alice:admin",
+                              console_viewers="vera"))
+    assert [auth.user(n, "session").role for n in ("alice", "bob", "vera")] == ["admin", "reviewer", "viewer"]
+    assert auth.user("alice", "session").is_admin and not auth.user("bob", "session").is_admin
+    assert auth.user("bob", "session").can_write
+    assert Auth(load_settings(console_users="alice:a")).user("alice", "session").is_admin  # no roles: as before
+    users = tmp_path / "users.toml"
+    users.write_text('[users.ann]\npassword = "p:w"\nrole = "viewer"\n[users.ben]\npassword = "x"\n')
+    auth = Auth(load_settings(console_users_file=users))
+    assert auth.check_password("ann", "p:w") is not None and not auth.user("ann", "session").can_write
+    assert auth.user("ben", "session").role == "reviewer"
+    users.write_text('[users.ann]\nrole = "admin"\n')
+    with pytest.raises(UsageError, match=r"\[users.ann\] needs a password"):
+        Auth(load_settings(console_users_file=users))
 
 
 def test_urls_keys_and_redirect_targets() -> None:
