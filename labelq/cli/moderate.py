@@ -30,8 +30,11 @@ def console(
     except ImportError as exc:
         raise UsageError(f"the console needs its extra: pip install 'labelq[console]' ({exc})") from None
 
+    from ..console.auth import Auth
+
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
+    Auth(settings).require_configured()  # who may sign in, before a URL nobody could use is printed
     err.print(f"labelq console on http://{settings.console_host}:{settings.console_port}/", highlight=False)
     serve(settings)
 

@@ -21,7 +21,7 @@ from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import PHOTOS, RUN_ENV, Result, labelq
 from tests.unit.test_first_hour import UNREACHABLE, fake_cache
 
-SUMMARY = re.compile(r"labelled (\d+) images, (\d+) failed, (\d+) skipped as already done \((\d+) records\)")
+SUMMARY = re.compile(r"labelled (\d+) images?, (\d+) failed, (\d+) skipped as already done \((\d+) records?\)")
 JOB = re.compile(r"^job (\S+) ", re.MULTILINE)
 
 
