@@ -447,16 +447,25 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
 
 def _true_banner(app: Any) -> Any:
-    """Celery's start-up banner shows kombu's ``redis://:**@host`` even for a URL without a password: show the
-    broker URL as configured, its password (if any) redacted the way labelq redacts everywhere."""
+    """Celery's start-up banner and its "Connected to" line show kombu's ``redis://:**@host`` even for a URL
+    without a password: show the broker URL as configured, its password (if any) redacted as labelq does."""
     from celery.apps.worker import Worker
+
+    def shown(text: str) -> str:
+        return text.replace(app.connection_for_write().as_uri(), redact(app.conf.broker_url))
 
     class LabelqWorker(Worker):  # type: ignore[misc]
         def startup_info(self, artlines: bool = True) -> str:
-            text: str = super().startup_info(artlines)
-            return text.replace(self.app.connection().as_uri(), redact(self.app.conf.broker_url))
+            return shown(super().startup_info(artlines))
+
+    class ShownUrl(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if isinstance(record.args, tuple):
+                record.args = tuple(shown(a) if isinstance(a, str) else a for a in record.args)
+            return True
 
     app.Worker = app.subclass_with_self(LabelqWorker)
+    logging.getLogger("celery.worker.consumer.connection").addFilter(ShownUrl())
     return app
 
 
