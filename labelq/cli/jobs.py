@@ -105,7 +105,7 @@ def enqueue(
 
 def _check_local(source: str, settings: Settings, app: Any) -> None:
     """A local folder or image is read by the workers: say up front what they need (or refuse, when the live
-    workers all lack a LABELQ_LOCAL_ROOT covering it)."""
+    workers all lack a LABELQ_LOCAL_ROOT covering it), and what a folder leaves out by suffix."""
     from ..health import check_local_source
     from ..sources import parse_source
 
@@ -114,6 +114,18 @@ def _check_local(source: str, settings: Settings, app: Any) -> None:
         warning = check_local_source(parsed, settings, app)
         if warning:
             err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    if parsed.kind == "folder":
+        from collections import Counter
+
+        from ..embedded import unkept_text
+        from ..storage import walk_folder
+
+        unkept: Counter[str] = Counter()
+        for _ in walk_folder(Path(parsed.location), tuple(settings.suffixes), unkept=unkept):
+            pass
+        if unkept:
+            err.print(f"left out {unkept_text(unkept)} by suffix: not enqueued, no records (LABELQ_SUFFIXES="
+                      ".jpg,.png,... includes them)", highlight=False, markup=False, soft_wrap=True)
 
 
 def _new_job_id() -> str:
@@ -235,7 +247,7 @@ def status(
     setup_logging(settings, quiet=True)
     found = find_job(job, settings)
     if found.kind != "distributed":
-        print_records_status(found, job, as_json=as_json)
+        print_records_status(found, job, as_json=as_json, errors=errors)
         return
     services = found.services
     book = services.book

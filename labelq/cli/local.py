@@ -65,7 +65,8 @@ def run(
 
 def interrupted_advice(summary: Any) -> str:
     """What Ctrl-C left behind and how to finish: true with and without --force."""
-    kept = f"the {count(summary.images, 'image')} labelled so far are kept in the result table"
+    kept = (f"the {count(summary.images, 'image')} labelled so far {'is' if summary.images == 1 else 'are'} kept in "
+            "the result table")
     if summary.out_file:
         kept += f" and in {summary.out_file}"
         if summary.out_earlier:
@@ -289,13 +290,20 @@ def find_job(job: str, settings: Settings) -> FoundJob:
                      "another result table of `labelq run`")
 
 
-def print_records_status(found: FoundJob, job: str, *, as_json: bool = False) -> None:
+def print_records_status(found: FoundJob, job: str, *, as_json: bool = False, errors: bool = False,
+                         limit: int = 20) -> None:
     """`labelq status` of a job known only by its records (a `labelq run` job, or one whose Redis state is
-    gone): objects, records by status, error kinds, counts by label per model."""
+    gone): objects, records by status, error kinds, counts by label per model; with ``errors`` the error
+    records by kind with their messages."""
     import json
 
+    failed: dict[str, list[Record]] = {}
     try:
         tally = found.store.tally(job) if hasattr(found.store, "tally") else tally_records(job, found.records)
+        if errors:
+            for rec in found.store.iter_records(job):
+                if not rec.ok:
+                    failed.setdefault(rec.error_kind or "model_error", []).append(rec)
     finally:
         found.close()
     what = ("`labelq run` job: its records in the result table" if found.kind == "run"
@@ -325,6 +333,15 @@ def print_records_status(found: FoundJob, job: str, *, as_json: bool = False) ->
         if len(ranked) > 10:
             view.add_row(f"… {len(ranked) - 10} more labels", str(sum(n for _, n in ranked[10:])))
         out.print(view)
+    if errors:
+        if not failed:
+            out.print("no failures")
+        for kind, recs in sorted(failed.items()):
+            out.print(f"[bold]{kind}[/bold] ({len(recs)})", highlight=False)
+            for rec in recs[:limit]:
+                out.print(f"  {rec.uri}  [{rec.model}]  {rec.error}", markup=False, highlight=False, soft_wrap=True)
+            if len(recs) > limit:
+                out.print(f"  … {len(recs) - limit} more")
 
 
 def tally_records(job: str, records: Iterator[Record]) -> dict[str, Any]:

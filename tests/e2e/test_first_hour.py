@@ -368,12 +368,13 @@ def test_jobs_and_status_show_run_jobs_with_no_redis(photos: Path, tiny_vit: Pat
     assert re.search(rf"{re.escape(job)}\s*│\s*run\s*│\s*-\s*│\s*4\s*│\s*3\s*│\s*1\s*│", listed.stdout), listed.stdout
     assert listed.stderr.strip() == "distributed jobs: unavailable (no job Redis at redis://127.0.0.1:1/0)"
 
-    status = labelq("status", job, "--db", table, cwd=tmp_path, env=NO_REDIS)
+    status = labelq("status", job, "--db", table, "--errors", cwd=tmp_path, env=NO_REDIS)
     assert status.returncode == 0, status.stderr
     flat = " ".join(status.stdout.split())
     for row in ("objects │ 4", "records ok │ 3", "records failed │ 1", "not_an_image │ 1"):
         assert row in flat, status.stdout
     assert f"{tiny_vit}: images by label" in status.stdout
+    assert f"not_an_image (1) {file_uri(photos / 'notes.jpg')} [{tiny_vit}]" in flat, status.stdout  # --errors
     doc = json.loads(labelq("status", job, "--db", table, "--json", cwd=tmp_path, env=NO_REDIS).stdout)
     assert (doc["kind"], doc["objects"], doc["status"], doc["errors"]) == ("run", 4, {"ok": 3, "error": 1},
                                                                           {"not_an_image": 1})
@@ -447,7 +448,9 @@ def test_enqueue_of_a_folder_says_what_the_workers_need(
         worker.stop()
     finally:
         procs.close()
+    (photos / "notes.txt").write_text("not an image")
     warned = labelq("enqueue", str(photos), "--job", "local-2", cwd=tmp_path, env=env)
     assert warned.returncode == 0, warned.stderr
-    assert f"warning: no worker answered yet: the workers that label this job need LABELQ_LOCAL_ROOT={photos}" in (
-        " ".join(warned.stderr.split()))
+    said = " ".join(warned.stderr.split())
+    assert f"warning: no worker answered yet: the workers that label this job need LABELQ_LOCAL_ROOT={photos}" in said
+    assert "left out 1 file (.txt 1) by suffix: not enqueued" in said
