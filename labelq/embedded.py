@@ -10,7 +10,7 @@ earlier file's records of the objects it had not reached yet, so Ctrl-C never sh
 
 Files of a folder whose suffix is not in LABELQ_SUFFIXES are not labelled and get no record: the
 summary counts them by suffix. The result table is also what `labelq jobs` and `labelq status`
-read for runs (:func:`run_jobs`, :func:`run_tally`).
+read for runs (:func:`open_run_table`; ``SQLStore.jobs`` and ``SQLStore.tally``).
 """
 
 from __future__ import annotations

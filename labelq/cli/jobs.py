@@ -376,7 +376,7 @@ def jobs(
 ) -> None:
     """Recent jobs of both kinds, newest first: `labelq enqueue` jobs from the job book (Redis) and
     `labelq run` jobs from their result table (--db). Works without Redis: the distributed part is then
-    said to be unavailable."""
+    said to be unavailable. State of a run: "-" (`labelq status NAME` counts its records)."""
     from ..config import redact
     from ..embedded import open_run_table
     from ..redis_client import connect
@@ -395,8 +395,9 @@ def jobs(
         services = open_services(settings)
         try:
             for info in services.book.jobs(limit):
-                rows.append((info.created_at, info.id, "enqueue", info.state, "-" if info.total is None else str(info.total),
-                             str(info.ok), str(info.error), str(info.dead), ", ".join(info.models)))
+                state = info.state + (f" ({count(info.dead_chunks, 'dead letter')})" if info.dead_chunks else "")
+                rows.append((info.created_at, info.id, "enqueue", state, "-" if info.total is None else str(info.total),
+                             str(info.ok), str(info.error), ", ".join(info.models)))
         finally:
             services.close()
     table = open_run_table(settings.db_url)
@@ -406,15 +407,19 @@ def jobs(
         try:
             for run in table.jobs(limit):
                 rows.append((run["first"] or "", run["job"], "run", "-", str(run["objects"]), str(run["ok"]),
-                             str(run["error"]), "-", ", ".join(run["models"])))
+                             str(run["error"]), ", ".join(run["models"])))
         finally:
             table.close()
     if rows:
-        view = Table()
-        for col in ("job", "kind", "state", "objects", "ok", "failed", "dead", "models", "created"):
-            view.add_column(col, no_wrap=col == "job")
-        for created, *cells in sorted(rows, reverse=True)[:limit]:
-            view.add_row(*(escape(c) for c in cells), created)
+        from rich import box
+
+        # No rules between columns, the time without the year: the list fits 80 columns.
+        view = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("job", "kind", "state", "objects", "ok", "failed", "created"):
+            view.add_column(col, no_wrap=True, justify="right" if col in ("objects", "ok", "failed") else "left")
+        view.add_column("models", overflow="ellipsis")  # the one that gives way on a narrow terminal
+        for created, *cells, models in sorted(rows, reverse=True)[:limit]:
+            view.add_row(*(escape(c) for c in cells), created[5:16].replace("T", " "), escape(models))
         out.print(view)
     else:
         err.print(f"no jobs (looked in the job book at {redact(settings.jobs_redis)} and the result table "
