@@ -31,7 +31,7 @@ from .config import Settings
 from .errors import UsageError
 from .records import Record, RecordWriter, format_for
 from .sources import Source, iter_source, parse_source
-from .storage import ObjectRef, Stores, walk_folder
+from .storage import ObjectRef, Stores
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +173,13 @@ def _open_listing(source: Source, stores: Stores, unkept: Counter[str]) -> tuple
     A folder's count also counts, by suffix, the files it leaves out (``unkept``); a manifest must
     name at least one URI or existing file."""
     total: int | None = None
-    if source.kind == "folder":
-        total = sum(1 for _ in walk_folder(Path(source.location), tuple(stores.settings.suffixes), unkept=unkept))
-        listing: Iterator[ObjectRef] = iter_source(source, stores)
-    elif source.kind in COUNTED_KINDS:
+    if source.kind in COUNTED_KINDS:
         total = sum(1 for _ in iter_source(source, stores))
-        listing = iter_source(source, stores)
-        if source.kind == "manifest":
-            _check_manifest(source, stores, total)
+        listing: Iterator[ObjectRef] = iter_source(source, stores)
+        if source.kind == "folder":
+            unkept.update(count_unkept(Path(source.location), stores.settings.suffixes))
+        elif source.kind == "manifest":
+            _check_manifest(source, total)
     else:
         listing = iter_source(source, stores)
         first = next(listing, None)
@@ -200,19 +199,44 @@ def unkept_text(unkept: Counter[str]) -> str:
     return f"{n} {'file' if n == 1 else 'files'} ({parts})"
 
 
-def _check_manifest(source: Source, stores: Stores, total: int | None) -> None:
-    """A text file read as a manifest must name something: an s3:// or file:// URI, or a file that exists.
+def count_unkept(folder: Path, suffixes: Sequence[str]) -> Counter[str]:
+    """The files under ``folder`` a listing leaves out by suffix, counted by suffix (``""``: none).
 
-    A file of prose (notes.txt) would otherwise become one not_found record per line."""
-    from .storage import path_of
+    Walks as the folder listing does (symlinked folders are not entered, unreadable ones skipped); a
+    second walk of the folder, so the listing itself stays the one place that decides what is kept."""
+    ends = tuple(s.lower() for s in suffixes)
+    unkept: Counter[str] = Counter()
+    if not ends:
+        return unkept
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file() and not entry.name.lower().endswith(ends):
+                unkept[Path(entry.name).suffix.lower()] += 1
+    return unkept
 
-    name = Path(source.location).name
+
+def _check_manifest(source: Source, total: int | None) -> None:
+    """A text file read as a manifest must name something: a URI (``s3://``, ``file://``, ...) or a file
+    that exists. A file of prose (notes.txt) would otherwise become one not_found record per line."""
+    path = Path(source.location)
     if not total:
-        raise UsageError(f"{name} is not a manifest: it names no images (a manifest is a text file of s3:// or "
+        raise UsageError(f"{path.name} is not a manifest: it names no images (a manifest is a text file of s3:// or "
                          "file:// URIs or image paths, one a line)")
-    for ref in iter_source(source, stores):
-        if not ref.uri.startswith("file://") or ref.size is not None or path_of(ref.uri).exists():
-            return
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            entry = line.strip().lstrip("\ufeff").partition("\t")[0].strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if "://" in entry or (Path(entry) if Path(entry).is_absolute() else path.parent / entry).exists():
+                return
+    name = path.name
     raise UsageError(f"{name} is not a manifest: none of its {total} lines is an s3:// or file:// URI or an existing "
                      "file (a manifest is a text file of image URIs or paths, one a line)")
 

@@ -16,7 +16,6 @@ import re
 import stat
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,20 +126,17 @@ class LocalStore:
             yield ref
 
 
-def walk_folder(folder: Path, suffixes: tuple[str, ...], *, after: str | None = None,
-                unkept: Counter[str] | None = None) -> Iterator[tuple[ObjectRef, str]]:
+def walk_folder(folder: Path, suffixes: tuple[str, ...], *, after: str | None = None) -> Iterator[tuple[ObjectRef, str]]:
     """Files under ``folder`` with a kept suffix, lazily, as (ref, path relative to ``folder`` with ``/``).
 
     Order: a directory's files by name, then its subdirectories by name, each subtree whole; symlinked
     directories are not entered. ``after`` (a relative path this walk yielded) resumes right after it,
-    reading only the directories on its path and those after it. ``unkept`` counts the files left out
-    by suffix (``.txt``; ``""`` for none), for a summary that says what was not labelled.
+    reading only the directories on its path and those after it.
     """
-    yield from _walk(folder.resolve(), "", suffixes, after.split("/") if after else None, unkept)
+    yield from _walk(folder.resolve(), "", suffixes, after.split("/") if after else None)
 
 
-def _walk(current: Path, rel: str, suffixes: tuple[str, ...], after: list[str] | None,
-          unkept: Counter[str] | None = None) -> Iterator[tuple[ObjectRef, str]]:
+def _walk(current: Path, rel: str, suffixes: tuple[str, ...], after: list[str] | None) -> Iterator[tuple[ObjectRef, str]]:
     try:
         entries = sorted(os.scandir(current), key=lambda e: e.name)
     except OSError as exc:
@@ -150,17 +146,14 @@ def _walk(current: Path, rel: str, suffixes: tuple[str, ...], after: list[str] |
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             subdirs.append(entry)
-        elif entry.is_file() and (after is None or (len(after) == 1 and entry.name > after[0])):
-            if kept(entry.name, suffixes):
-                st = entry.stat()
-                yield ObjectRef(file_uri(Path(entry.path)), st.st_size, local_etag(st)), rel + entry.name
-            elif unkept is not None:
-                unkept[Path(entry.name).suffix.lower()] += 1
+        elif entry.is_file() and kept(entry.name, suffixes) and (after is None or (len(after) == 1 and entry.name > after[0])):
+            st = entry.stat()
+            yield ObjectRef(file_uri(Path(entry.path)), st.st_size, local_etag(st)), rel + entry.name
     for entry in subdirs:
         if after is None or len(after) == 1 or entry.name > after[0]:
-            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, None, unkept)
+            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, None)
         elif entry.name == after[0]:
-            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, after[1:], unkept)
+            yield from _walk(Path(entry.path), rel + entry.name + "/", suffixes, after[1:])
 
 
 def kept(name: str, suffixes: tuple[str, ...]) -> bool:

@@ -115,14 +115,9 @@ def _check_local(source: str, settings: Settings, app: Any) -> None:
         if warning:
             err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if parsed.kind == "folder":
-        from collections import Counter
+        from ..embedded import count_unkept, unkept_text
 
-        from ..embedded import unkept_text
-        from ..storage import walk_folder
-
-        unkept: Counter[str] = Counter()
-        for _ in walk_folder(Path(parsed.location), tuple(settings.suffixes), unkept=unkept):
-            pass
+        unkept = count_unkept(Path(parsed.location), settings.suffixes)
         if unkept:
             err.print(f"left out {unkept_text(unkept)} by suffix: not enqueued, no records (LABELQ_SUFFIXES="
                       ".jpg,.png,... includes them)", highlight=False, markup=False, soft_wrap=True)

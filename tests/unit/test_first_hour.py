@@ -329,19 +329,20 @@ def test_interrupted_advice_is_true_with_and_without_force() -> None:
 
 
 def test_left_out_files_are_counted_by_suffix(tmp_path: Path) -> None:
-    from collections import Counter
-
-    from labelq.embedded import unkept_text
+    from labelq.embedded import count_unkept, unkept_text
     from labelq.storage import walk_folder
 
     (tmp_path / "sub").mkdir()
-    for name in ("a.jpg", "notes.txt", "b.TXT", "sub/c.png", "sub/vector.svg", "sub/README"):
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("a.jpg", "notes.txt", "b.TXT", "sub/c.PNG", "sub/vector.svg", "sub/README", "elsewhere/x.txt"):
         (tmp_path / name).write_bytes(b"x")
-    unkept: Counter[str] = Counter()
-    kept = [rel for _, rel in walk_folder(tmp_path, (".jpg", ".png"), unkept=unkept)]
-    assert kept == ["a.jpg", "sub/c.png"]
-    assert unkept == {".txt": 2, ".svg": 1, "": 1}
-    assert unkept_text(unkept) == "4 files (.txt 2, (no suffix) 1, .svg 1)"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")  # not entered, as the listing does not
+    kept = [rel for _, rel in walk_folder(tmp_path, (".jpg", ".png"))]
+    assert kept == ["a.jpg", "sub/c.PNG"]
+    unkept = count_unkept(tmp_path, [".jpg", ".png"])
+    assert unkept == {".txt": 3, ".svg": 1, "": 1}  # elsewhere/x.txt once: through the link it is not counted again
+    assert unkept_text(unkept) == "5 files (.txt 3, (no suffix) 1, .svg 1)"
+    assert count_unkept(tmp_path, []) == {}  # no suffixes: every file is kept
 
 
 def test_which_live_workers_may_read_a_folder(tmp_path: Path) -> None:
