@@ -35,7 +35,7 @@ def _split_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """One typed settings object; see docs/configuration in the README."""
+    """One typed settings object; every field is documented in docs/settings.md (a unit test checks)."""
 
     model_config = SettingsConfigDict(
         env_prefix="LABELQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True,
@@ -259,10 +259,12 @@ def cpu_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from env/.env plus explicit overrides (CLI flags).
 
-    Validation errors become one :class:`UsageError` naming the knob and what to fix.
+    Validation errors become one :class:`UsageError` naming the knob and what to fix: the flag the
+    user typed (``flags``: field → ``--batch-size``) when an override came from one, else the
+    ``LABELQ_`` variable.
     """
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -271,6 +273,6 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            problems.append(f"LABELQ_{field.upper()}: {err['msg'].removeprefix('Value error, ')}")
+            name = (flags or {}).get(field) if field in clean else None
+            problems.append(f"{name or 'LABELQ_' + field.upper()}: {err['msg'].removeprefix('Value error, ')}")
         raise UsageError("invalid settings: " + "; ".join(problems)) from None
-

@@ -5,7 +5,12 @@ source, the output file, the result table, the model names) is checked first, in
 the source is listed (or, for S3, its first object peeked) before any model is loaded; only then
 does torch load. Every object of the source ends in ``--out``: labelled now, or its stored record
 when it was already done, so a rerun never shrinks the file, and an interrupted run followed by a
-rerun leaves one file that holds everything.
+rerun leaves one file that holds everything. An interrupted run (also with ``--force``) keeps the
+earlier file's records of the objects it had not reached yet, so Ctrl-C never shrinks ``--out``.
+
+Files of a folder whose suffix is not in LABELQ_SUFFIXES are not labelled and get no record: the
+summary counts them by suffix. The result table is also what `labelq jobs` and `labelq status`
+read for runs (:func:`open_run_table`; ``SQLStore.jobs`` and ``SQLStore.tally``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ class Summary:
     errors: Counter[str] = field(default_factory=Counter)
     out_file: Path | None = None
     out_records: int = 0
+    out_earlier: int = 0  # of out_records: an interrupted run's records kept from the earlier --out
     interrupted: bool = False
+    force: bool = False
+    unkept: Counter[str] = field(default_factory=Counter)  # folder files not labelled, by suffix
 
     @property
     def images_per_s(self) -> float:
@@ -129,12 +137,16 @@ def run_embedded(
     stores = Stores(settings, local_root=local_root_for(source, settings))
     # List before loading anything heavy: a missing or empty source is an error in a second.
     opening = time.perf_counter()
-    listing, total = _open_listing(source, stores)
+    unkept: Counter[str] = Counter()
+    listing, total = _open_listing(source, stores, unkept)
     opening = time.perf_counter() - opening
+    if source.kind == "manifest" and console is not None:
+        console.print(f"reading {Path(source.location).name} as a manifest: {total} "
+                      f"{'entry' if total == 1 else 'entries'}", highlight=False, markup=False, soft_wrap=True)
     for name in settings.models:
         check_model(name)  # every model name, before the first (slow) load
     store = SQLStore(settings.db_url)
-    summary = Summary(job=job, out_file=out_file, opening_seconds=opening)
+    summary = Summary(job=job, out_file=out_file, opening_seconds=opening, force=force, unkept=unkept)
     try:
         return _label(listing, total, store, settings, summary, fmt=fmt, force=force, progress=progress,
                       console=console, stores=stores)
@@ -142,21 +154,91 @@ def run_embedded(
         store.close()
 
 
-def _open_listing(source: Source, stores: Stores) -> tuple[_Listed, int | None]:
-    """The source's listing (counted) and its total when counting is cheap; UsageError when empty."""
+def open_run_table(url: str) -> Any | None:
+    """The result table of `labelq run` for reading (`jobs`, `status`, `export`); None when there is none.
+
+    A SQLite file that does not exist is not created: looking must not leave a labelq.db behind."""
+    from .results.sql import SQLStore
+
+    if url.startswith("sqlite:"):
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        if not path or path == ":memory:" or not Path(path).is_file():
+            return None
+    return SQLStore(url)
+
+
+def _open_listing(source: Source, stores: Stores, unkept: Counter[str]) -> tuple[_Listed, int | None]:
+    """The source's listing (counted) and its total when counting is cheap; UsageError when empty.
+
+    A folder's count also counts, by suffix, the files it leaves out (``unkept``); a manifest must
+    name at least one URI or existing file."""
     total: int | None = None
     if source.kind in COUNTED_KINDS:
         total = sum(1 for _ in iter_source(source, stores))
         listing: Iterator[ObjectRef] = iter_source(source, stores)
+        if source.kind == "folder":
+            unkept.update(count_unkept(Path(source.location), stores.settings.suffixes))
+        elif source.kind == "manifest":
+            _check_manifest(source, total)
     else:
         listing = iter_source(source, stores)
         first = next(listing, None)
         listing = chain([first], listing) if first is not None else iter(())
         total = None if first is not None else 0
     if total == 0:
-        raise UsageError(f"no images in {source} (kept suffixes: {', '.join(stores.settings.suffixes)}; "
-                         "LABELQ_SUFFIXES changes them)")
+        raise UsageError(f"no images in {source} (kept suffixes: {', '.join(stores.settings.suffixes)}"
+                         + (f"; left out: {unkept_text(unkept)}" if unkept else "")
+                         + "; LABELQ_SUFFIXES changes them)")
     return _Listed(listing, total), total
+
+
+def unkept_text(unkept: Counter[str]) -> str:
+    """``3 files (.txt 2, .svg 1)``: what a folder listing left out, by suffix."""
+    n = sum(unkept.values())
+    parts = ", ".join(f"{suffix or '(no suffix)'} {k}" for suffix, k in sorted(unkept.items(), key=lambda x: (-x[1], x[0])))
+    return f"{n} {'file' if n == 1 else 'files'} ({parts})"
+
+
+def count_unkept(folder: Path, suffixes: Sequence[str]) -> Counter[str]:
+    """The files under ``folder`` a listing leaves out by suffix, counted by suffix (``""``: none).
+
+    Walks as the folder listing does (symlinked folders are not entered, unreadable ones skipped); a
+    second walk of the folder, so the listing itself stays the one place that decides what is kept."""
+    ends = tuple(s.lower() for s in suffixes)
+    unkept: Counter[str] = Counter()
+    if not ends:
+        return unkept
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file() and not entry.name.lower().endswith(ends):
+                unkept[Path(entry.name).suffix.lower()] += 1
+    return unkept
+
+
+def _check_manifest(source: Source, total: int | None) -> None:
+    """A text file read as a manifest must name something: a URI (``s3://``, ``file://``, ...) or a file
+    that exists. A file of prose (notes.txt) would otherwise become one not_found record per line."""
+    path = Path(source.location)
+    if not total:
+        raise UsageError(f"{path.name} is not a manifest: it names no images (a manifest is a text file of s3:// or "
+                         "file:// URIs or image paths, one a line)")
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            entry = line.strip().lstrip("\ufeff").partition("\t")[0].strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if "://" in entry or (Path(entry) if Path(entry).is_absolute() else path.parent / entry).exists():
+                return
+    name = path.name
+    raise UsageError(f"{name} is not a manifest: none of its {total} lines is an s3:// or file:// URI or an existing "
+                     "file (a manifest is a text file of image URIs or paths, one a line)")
 
 
 class _Listed:
@@ -205,7 +287,7 @@ def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, 
 
     refs: Iterable[ObjectRef] = listing if force else skip_done_keeping(listing, store, names, revisions, keep)
     start = time.perf_counter()
-    commit = False  # an --out that is complete, or interrupted (all so far), replaces the old file
+    commit = False  # an --out that is complete, or interrupted (all so far + the earlier file), replaces the old file
     try:
         with Engine(classifiers, stores, settings, worker="embedded") as engine:
             if bar is not None:
@@ -214,15 +296,9 @@ def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, 
                 store.write(records)
                 if out is not None:
                     out.write(records)
-                failed = {rec.uri for rec in records if not rec.ok}
-                uris = {rec.uri for rec in records}
-                summary.failed += len(failed)
-                summary.labelled += len(uris - failed)
+                _count(summary, records)  # what was written, so an interrupted summary is true too
                 if bar is not None:
                     bar.advance(summary)
-            summary.records = engine.stats.records
-            summary.labels = engine.stats.labels
-            summary.errors = engine.stats.errors
         commit = True
     except KeyboardInterrupt:
         summary.interrupted = commit = True
@@ -230,10 +306,25 @@ def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, 
         if bar is not None:
             bar.stop()
         if out is not None:
+            if summary.interrupted:
+                summary.out_earlier = out.keep_earlier(names)
             summary.out_records = out.close(commit=commit)
     summary.seconds = time.perf_counter() - start
     summary.images = summary.labelled + summary.failed
     return summary
+
+
+def _count(summary: Summary, records: Sequence[Record]) -> None:
+    """Add one written batch to the summary: images labelled or failed, records, labels, error kinds."""
+    failed = {rec.uri for rec in records if not rec.ok}
+    summary.failed += len(failed)
+    summary.labelled += len({rec.uri for rec in records} - failed)
+    summary.records += len(records)
+    for rec in records:
+        if rec.ok:
+            summary.labels.setdefault(rec.model, Counter())[rec.label or ""] += 1
+        else:
+            summary.errors[rec.error_kind or "model_error"] += 1
 
 
 def skip_done_keeping(refs: Iterable[ObjectRef], store: Any, models: Sequence[str], revisions: dict[str, Any],
@@ -252,15 +343,41 @@ def skip_done_keeping(refs: Iterable[ObjectRef], store: Any, models: Sequence[st
 
 
 class OutFile:
-    """--out written beside the target and moved over it at the end: an old file is never half-replaced."""
+    """--out written beside the target and moved over it at the end: an old file is never half-replaced.
+
+    When the target exists, the (uri, model) pairs written are remembered, so that an interrupted run can
+    add the earlier file's records of the objects it had not reached (:meth:`keep_earlier`)."""
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
+        self.fmt = fmt
         self.partial = path.with_name(f".{path.name}.partial")
+        self.earlier = path.is_file() and path.stat().st_size > 0
+        self.written: set[tuple[str, str]] = set()
         self.writer = RecordWriter(self.partial, fmt)
 
     def write(self, records: Iterable[Record]) -> None:
+        if self.earlier:
+            records = list(records)
+            self.written.update((rec.uri, rec.model) for rec in records)
         self.writer.write(records)
+
+    def keep_earlier(self, models: Sequence[str]) -> int:
+        """Copy the earlier file's records of ``models`` for the pairs not written now; returns how many.
+
+        A file that cannot be read back (another format, damaged) is left as it was: nothing is copied."""
+        from .records import iter_file_records
+
+        if not self.earlier:
+            return 0
+        wanted = set(models)
+        before = self.writer.count
+        try:
+            self.writer.write(rec for rec in iter_file_records(self.path, self.fmt)
+                              if rec.model in wanted and (rec.uri, rec.model) not in self.written)
+        except Exception as exc:  # noqa: BLE001 - the earlier file is the user's: never fail the run over it
+            logger.warning("could not read the earlier %s back (%s): it keeps only this run's records", self.path, exc)
+        return self.writer.count - before
 
     def close(self, *, commit: bool) -> int:
         """Finish the file; with ``commit`` it takes the target's place, else the old target stays."""

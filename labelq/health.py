@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Settings, redact
@@ -113,3 +114,34 @@ def ping(settings: Settings, *, source: str | None = None, workers: bool = True,
         check, replies = check_workers(app, timeout, node)
         checks.append(check)
     return checks, replies
+
+
+def local_readers(folder: Path, replies: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Of the workers that answered ``labelq_info``: those whose LABELQ_LOCAL_ROOT covers ``folder`` (they may
+    read its files), and those that may not (no local root, or one elsewhere). A worker too old to say is
+    in neither list."""
+    can, cannot = [], []
+    for name, info in sorted(replies.items()):
+        if "local_root" not in info:
+            continue
+        root = info["local_root"]
+        if root and folder.resolve().is_relative_to(Path(root).resolve()):
+            can.append(name)
+        else:
+            cannot.append(f"{name} ({'LABELQ_LOCAL_ROOT=' + root if root else 'no LABELQ_LOCAL_ROOT'})")
+    return can, cannot
+
+
+def check_local_source(source: Any, settings: Settings, app: Any, *, timeout: float = 1.5) -> str | None:
+    """Before a local folder (or image) is enqueued: can a live worker read it? UsageError when workers answer
+    and none may (its chunks would only be retried, then dead-lettered); a warning to print when no worker
+    answers (the ones started later need LABELQ_LOCAL_ROOT); None when a worker may read it."""
+    folder = Path(source.root)
+    _, replies = check_workers(app, timeout)
+    need = f"LABELQ_LOCAL_ROOT={folder} (or a folder above it) on the workers, and the files at the same path there"
+    if not replies:
+        return f"no worker answered yet: the workers that label this job need {need}"
+    can, cannot = local_readers(folder, replies)
+    if can or not cannot:
+        return None
+    raise UsageError(f"no live worker may read {folder}: it needs {need}; answering: {', '.join(cannot)}")

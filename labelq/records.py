@@ -184,21 +184,27 @@ def arrow_schema() -> Any:
 
 def read_records(path: Path | str) -> list[Record]:
     """Read an export back (tests, tools): any of the three formats."""
-    fmt = format_for(path)
+    return list(iter_file_records(path))
+
+
+def iter_file_records(path: Path | str, fmt: str | None = None) -> Iterator[Record]:
+    """The records of an export file, streamed (a Parquet file a row group at a time)."""
+    fmt = format_for(path, fmt)
     if fmt == "jsonl":
         with Path(path).open(encoding="utf-8") as f:
-            return [Record.from_json(line) for line in f if line.strip()]
+            yield from (Record.from_json(line) for line in f if line.strip())
+        return
     if fmt == "csv":
         with Path(path).open(encoding="utf-8", newline="") as f:
-            out = []
             for row in csv.DictReader(f):
                 clean = {k: (v if v != "" else None) for k, v in row.items()}
                 clean["score"] = float(clean["score"]) if clean["score"] is not None else None
-                out.append(Record.from_dict(clean))
-            return out
+                yield Record.from_dict(clean)
+        return
     import pyarrow.parquet as pq
 
-    return [Record.from_dict(row) for row in pq.read_table(path).to_pylist()]
+    for batch in pq.ParquetFile(path).iter_batches():
+        yield from (Record.from_dict(row) for row in batch.to_pylist())
 
 
 def chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:

@@ -446,15 +446,43 @@ def _ready(sender: Any = None, **_: Any) -> None:
                 ", ".join(s.models))
 
 
-app = bind(make_app(load_settings()))
+def _true_banner(app: Any) -> Any:
+    """Celery's start-up banner and its "Connected to" line show kombu's ``redis://:**@host`` even for a URL
+    without a password: show the broker URL as configured, its password (if any) redacted as labelq does."""
+    from celery.apps.worker import Worker
+
+    def shown(text: str) -> str:
+        return text.replace(app.connection_for_write().as_uri(), redact(app.conf.broker_url))
+
+    class LabelqWorker(Worker):  # type: ignore[misc]
+        def startup_info(self, artlines: bool = True) -> str:
+            return shown(super().startup_info(artlines))
+
+    class ShownUrl(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if isinstance(record.args, tuple):
+                record.args = tuple(shown(a) if isinstance(a, str) else a for a in record.args)
+            return True
+
+    app.Worker = app.subclass_with_self(LabelqWorker)
+    logging.getLogger("celery.worker.consumer.connection").addFilter(ShownUrl())
+    return app
+
+
+app = _true_banner(bind(make_app(load_settings())))
 
 
 @inspect_command()
 def labelq_info(state: Any) -> dict[str, Any]:
-    """Remote-control answer for `labelq ping`: this worker's device and loaded models."""
+    """Remote-control answer for `labelq ping` and `enqueue`: this worker's device, loaded models and the
+    folder it may read file:// URIs from (LABELQ_LOCAL_ROOT; None: it refuses them)."""
     rt = _runtime
     if rt is None:
-        return {"device": None, "models": [], "ready": False, "error": _runtime_error}
+        root = load_settings().local_root
+        return {"device": None, "models": [], "ready": False, "error": _runtime_error,
+                "local_root": str(root) if root else None}
     models = {name: str(clf.device) for name, clf in rt.classifiers.items()}
     devices = sorted(set(models.values()))
-    return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True}
+    root = rt.settings.local_root
+    return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True,
+            "local_root": str(root) if root else None}

@@ -22,11 +22,19 @@ if TYPE_CHECKING:
 # pydantic, torch or transformers. Each command imports what it uses.
 
 
+# The CLI flag of a setting where it is not ``--`` + the field name with dashes.
+FLAGS = {"db_url": "--db", "models": "--model", "sqs_queue_url": "--sqs", "console_host": "--host",
+         "console_port": "--port", "console_read_only": "--read-only"}
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment plus CLI flags (labelq.config.load_settings, imported on first use)."""
+    """Settings from the environment plus CLI flags (labelq.config.load_settings, imported on first use).
+
+    A bad value from a flag is reported under the flag's name (``--batch-size``), not its variable's."""
     from ..config import load_settings as load
 
-    return load(**overrides)
+    flags = {k: FLAGS.get(k, "--" + k.replace("_", "-")) for k, v in overrides.items() if v is not None}
+    return load(flags=flags, **overrides)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +85,11 @@ def setup_logging(settings: Settings, *, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     quiet_libraries()
+
+
+def count(n: int, one: str, many: str | None = None) -> str:
+    """``1 record``, ``2 records``, ``0 entries`` (with ``many``): every count the CLI prints."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 ModelOpt = Annotated[

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
-from .base import ModelOpt, app, clean_errors, err, load_settings, out, setup_logging
+from .base import ModelOpt, app, clean_errors, count, err, load_settings, out, setup_logging
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -71,6 +71,7 @@ def enqueue(
 
         for name in settings.models:  # before anything is published
             check_model(name)
+        _check_local(source, settings, services.app)
     job = job or _new_job_id()
     try:
         result = do_enqueue(source, settings, app=services.app, book=services.book, store=services.records, job=job,
@@ -78,7 +79,7 @@ def enqueue(
     except QueueFull:
         pid, log = _spawn_producer(source, settings, job, force)
         info = services.job(job)
-        err.print(f"job {job}: listed {info.listed}, enqueued {info.enqueued} in {info.chunks} chunks so far; the queue "
+        err.print(f"job {job}: listed {info.listed}, enqueued {info.enqueued} in {count(info.chunks, 'chunk')} so far; the queue "
                   f"is full (LABELQ_MAX_QUEUED_CHUNKS={settings.max_queued_chunks}): listing goes on in the background "
                   f"(pid {pid}, log {log})", highlight=False, soft_wrap=True)
         out.print(job, highlight=False)
@@ -90,7 +91,7 @@ def enqueue(
                   f"(listed {result.listed} so far)", highlight=False)
     elif not background:
         err.print(
-            f"job {result.job}: listed {result.listed}, enqueued {result.enqueued} in {result.chunks} chunks, "
+            f"job {result.job}: listed {result.listed}, enqueued {result.enqueued} in {count(result.chunks, 'chunk')}, "
             f"skipped {result.skipped} already labelled"
             + (f" (resumed after {result.resumed_from})" if result.resumed_from else ""),
             highlight=False,
@@ -100,6 +101,26 @@ def enqueue(
     out.print(result.job, highlight=False)
     if wait:
         raise typer.Exit(_exit_code(follow(services.book, result.job), strict))
+
+
+def _check_local(source: str, settings: Settings, app: Any) -> None:
+    """A local folder or image is read by the workers: say up front what they need (or refuse, when the live
+    workers all lack a LABELQ_LOCAL_ROOT covering it), and what a folder leaves out by suffix."""
+    from ..health import check_local_source
+    from ..sources import parse_source
+
+    parsed = parse_source(source, suffixes=settings.suffixes)
+    if parsed.kind in ("folder", "object") and parsed.root is not None:
+        warning = check_local_source(parsed, settings, app)
+        if warning:
+            err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    if parsed.kind == "folder":
+        from ..embedded import count_unkept, unkept_text
+
+        unkept = count_unkept(Path(parsed.location), settings.suffixes)
+        if unkept:
+            err.print(f"left out {unkept_text(unkept)} by suffix: not enqueued, no records (LABELQ_SUFFIXES="
+                      ".jpg,.png,... includes them)", highlight=False, markup=False, soft_wrap=True)
 
 
 def _new_job_id() -> str:
@@ -193,9 +214,10 @@ def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | Non
                 return info
             time.sleep(poll)
     if info.state == "failed":
-        err.print(f"job {escape(job)} finished with {info.dead_chunks} dead-lettered chunks ({info.dead} records not "
-                  f"written): `labelq status {escape(job)} --errors` shows why, `labelq retry {escape(job)}` runs them "
-                  "again", highlight=False, soft_wrap=True)
+        err.print(f"job {escape(job)} finished with {count(info.dead_chunks, 'dead letter')} (chunks dead-lettered "
+                  f"after every attempt failed; {count(info.dead, 'record')} not written): `labelq status "
+                  f"{escape(job)} --errors` shows why, `labelq retry {escape(job)}` runs them again", highlight=False,
+                  soft_wrap=True)
     return info
 
 
@@ -206,15 +228,23 @@ def status(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="show live progress until done")] = False,
     errors: Annotated[bool, typer.Option("--errors", help="list failed objects by error kind")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    db: Annotated[str | None, typer.Option(help="result table of `labelq run` jobs (default LABELQ_DB_URL)")] = None,
 ) -> None:
-    """Totals of a job: state, listed, done, failed (by kind), dead-lettered chunks."""
+    """Totals of a job: state, listed, done, failed (by kind), dead-lettered chunks.
+
+    A `labelq run` job (or one whose state Redis no longer has) is told from its records: counts by
+    status, label and error kind."""
     import json
 
-    from ..services import open_services
+    from .local import find_job, print_records_status
 
-    settings = load_settings()
+    settings = load_settings(db_url=db)
     setup_logging(settings, quiet=True)
-    services = open_services(settings)
+    found = find_job(job, settings)
+    if found.kind != "distributed":
+        print_records_status(found, job, as_json=as_json, errors=errors)
+        return
+    services = found.services
     book = services.book
     if follow_:
         follow(book, job)
@@ -282,7 +312,7 @@ def print_job(info: Any, *, producer_stale: bool = False, older: dict[str, int] 
         if n:
             rows.append((f"records from an older revision of {model}", f"{n} (a new job relabels them)"))
     if info.dead_chunks:
-        rows.append(("dead-lettered chunks", f"{info.dead_chunks} ({info.dead} records not written; "
+        rows.append(("dead letters (chunks)", f"{info.dead_chunks} ({info.dead} records not written; "
                                              f"`labelq retry {info.id}` runs them again)"))
     for k, v in rows:
         table.add_row(k, escape(v))
@@ -290,7 +320,8 @@ def print_job(info: Any, *, producer_stale: bool = False, older: dict[str, int] 
 
 
 def print_errors(book: Any, job: str, limit: int = 20) -> None:
-    """The job's dead letters: failed objects grouped by kind with their messages, and dead chunks."""
+    """The job's failures (error records, grouped by kind, with their messages), then its dead letters
+    (chunks that failed every attempt: "dead letter" always means a chunk)."""
     by_kind: dict[str, list[Any]] = {}
     for f in book.failures(job):
         by_kind.setdefault(f.kind or "?", []).append(f)
@@ -305,7 +336,7 @@ def print_errors(book: Any, job: str, limit: int = 20) -> None:
         if len(fails) > limit:
             out.print(f"  … {len(fails) - limit} more")
     if dead:
-        out.print(f"[bold]dead-lettered chunks[/bold] ({len(dead)})", highlight=False)
+        out.print(f"[bold]dead letters[/bold] ({count(len(dead), 'chunk')} that failed every attempt)", highlight=False)
         for d in dead[:limit]:
             out.print(f"  {d['chunk']}  {len(d.get('refs', []))} objects, {d.get('attempts')} attempts, "
                       f"last on {d.get('worker')}: {d.get('error')}", markup=False, highlight=False, soft_wrap=True)
@@ -327,27 +358,70 @@ def retry(
     services = open_services(settings)
     services.job(job)
     n = do_retry(job, settings, app=services.app, book=services.book, store=services.records)
-    err.print(f"job {job}: re-enqueued {n} objects (dead-lettered chunks and retryable failures)", highlight=False)
+    err.print(f"job {job}: re-enqueued {count(n, 'object')} (dead-lettered chunks and retryable failures)", highlight=False)
     if wait and n:
         raise typer.Exit(_exit_code(follow(services.book, job), False))
 
 
 @app.command()
 @clean_errors
-def jobs(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20) -> None:
-    """Recent jobs and their state."""
-    settings = load_settings()
-    setup_logging(settings, quiet=True)
-    from ..services import open_services
+def jobs(
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+    db: Annotated[str | None, typer.Option(help="result table of `labelq run` jobs (default LABELQ_DB_URL, "
+                                           "sqlite:///labelq.db)")] = None,
+) -> None:
+    """Recent jobs of both kinds, newest first: `labelq enqueue` jobs from the job book (Redis) and
+    `labelq run` jobs from their result table (--db). Works without Redis: the distributed part is then
+    said to be unavailable. State of a run: "-" (`labelq status NAME` counts its records)."""
+    from ..config import redact
+    from ..embedded import open_run_table
+    from ..redis_client import connect
 
-    book = open_services(settings).book
-    table = Table()
-    for col in ("job", "state", "total", "ok", "failed", "dead", "models", "created"):
-        table.add_column(col)
-    for info in book.jobs(limit):
-        table.add_row(escape(info.id), info.state, "-" if info.total is None else str(info.total), str(info.ok),
-                      str(info.error), str(info.dead), escape(", ".join(info.models)), info.created_at)
-    out.print(table)
+    settings = load_settings(db_url=db)
+    setup_logging(settings, quiet=True)
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    try:
+        connect(settings.jobs_redis, retries=0).close()  # one quick try: no Redis must not cost seconds
+    except UsageError:
+        notes.append(f"distributed jobs: unavailable (no job Redis at {redact(settings.jobs_redis)})")
+    else:
+        from ..services import open_services
+
+        services = open_services(settings)
+        try:
+            for info in services.book.jobs(limit):
+                state = info.state + (f" ({count(info.dead_chunks, 'dead letter')})" if info.dead_chunks else "")
+                rows.append((info.created_at, info.id, "enqueue", state, "-" if info.total is None else str(info.total),
+                             str(info.ok), str(info.error), ", ".join(info.models)))
+        finally:
+            services.close()
+    table = open_run_table(settings.db_url)
+    if table is None:
+        notes.append(f"`labelq run` jobs: none (no result table at {redact(settings.db_url)}; --db names another)")
+    else:
+        try:
+            for run in table.jobs(limit):
+                rows.append((run["first"] or "", run["job"], "run", "-", str(run["objects"]), str(run["ok"]),
+                             str(run["error"]), ", ".join(run["models"])))
+        finally:
+            table.close()
+    if rows:
+        from rich import box
+
+        # No rules between columns, the time without the year: the list fits 80 columns.
+        view = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("job", "kind", "state", "objects", "ok", "failed", "created"):
+            view.add_column(col, no_wrap=True, justify="right" if col in ("objects", "ok", "failed") else "left")
+        view.add_column("models", overflow="ellipsis")  # the one that gives way on a narrow terminal
+        for created, *cells, models in sorted(rows, reverse=True)[:limit]:
+            view.add_row(*(escape(c) for c in cells), created[5:16].replace("T", " "), escape(models))
+        out.print(view)
+    else:
+        err.print(f"no jobs (looked in the job book at {redact(settings.jobs_redis)} and the result table "
+                  f"{redact(settings.db_url)})", highlight=False, soft_wrap=True)
+    for note in notes:
+        err.print(note, highlight=False, soft_wrap=True)
 
 
 @app.command()

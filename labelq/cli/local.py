@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,10 +16,11 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..logs import quiet_libraries
-from .base import ModelOpt, app, clean_errors, err, load_settings, out, setup_logging
+from .base import ModelOpt, app, clean_errors, count, err, load_settings, out, setup_logging
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ def run(
 ) -> None:
     """Label SOURCE in this process (no broker, no Redis): results go to --db and --out.
 
+    A folder's files whose suffix is not in LABELQ_SUFFIXES are left out (the summary counts them);
+    a text file as SOURCE is read as a manifest.
     Exit codes: 0 done (failed images are error records), 1 some images failed (with --strict),
     2 a usage error (nothing was labelled), 130 interrupted (what was labelled is kept; run again).
     """
@@ -53,22 +57,47 @@ def run(
                            console=err)
     print_summary(summary, out)
     if summary.interrupted:
-        err.print(f"interrupted: the {summary.images} images labelled so far are kept; run the same command again "
-                  "to finish (done objects are skipped)", highlight=False, soft_wrap=True)
+        err.print(interrupted_advice(summary), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(130)
     if strict and summary.failed:
         raise typer.Exit(1)
 
 
+def interrupted_advice(summary: Any) -> str:
+    """What Ctrl-C left behind and how to finish: true with and without --force."""
+    kept = (f"the {count(summary.images, 'image')} labelled so far {'is' if summary.images == 1 else 'are'} kept in "
+            "the result table")
+    if summary.out_file:
+        kept += f" and in {summary.out_file}"
+        if summary.out_earlier:
+            kept += f" (with {count(summary.out_earlier, 'earlier record')} of the objects not reached yet)"
+    if not summary.force:
+        return f"interrupted: {kept}; run the same command again to finish (done objects are skipped)"
+    return (f"interrupted: {kept}; the other objects keep their earlier records. To finish, run the same command "
+            "without --force: it skips every object that has a record from the current model revision and labels "
+            "the rest (with --force it would relabel them all again)")
+
+
 def print_summary(summary: Any, console: Console) -> None:
-    """Counts (labelled, failed, skipped), per model counts by label, errors by kind, throughput, the job."""
+    """Counts (labelled, failed, skipped), per model counts by label, errors by kind, throughput, the job.
+
+    An interrupted run's summary counts what was written before Ctrl-C. A model's name is a line of
+    its own (never wrapped inside a table title), its labels a table under it."""
     console.print(
-        f"labelled {summary.labelled} images, {summary.failed} failed, {summary.skipped} skipped as already done "
-        f"({summary.records} records) in {summary.seconds:.1f}s: {summary.images_per_s:.1f} images/s",
+        ("interrupted: " if summary.interrupted else "")
+        + f"labelled {count(summary.labelled, 'image')}, {summary.failed} failed, {summary.skipped} skipped as "
+        f"already done ({count(summary.records, 'record')}) in {summary.seconds:.1f}s: "
+        f"{summary.images_per_s:.1f} images/s",
         soft_wrap=True, highlight=False,
     )
+    if summary.unkept:
+        from ..embedded import unkept_text
+
+        console.print(f"left out {unkept_text(summary.unkept)} by suffix: not labelled, no records "
+                      "(LABELQ_SUFFIXES=.jpg,.png,... includes them)", soft_wrap=True, highlight=False, markup=False)
     for model, labels in summary.labels.items():
-        table = Table(title=escape(model), title_justify="left")
+        console.print(f"{escape(model)}: images by label", soft_wrap=True, highlight=False)
+        table = Table()
         table.add_column("label")
         table.add_column("images", justify="right")
         for label, n in labels.most_common(10):
@@ -77,15 +106,16 @@ def print_summary(summary: Any, console: Console) -> None:
             table.add_row(f"… {len(labels) - 10} more labels", str(sum(n for _, n in labels.most_common()[10:])))
         console.print(table)
     if summary.errors:
-        table = Table(title="errors (records per model)", title_justify="left")
+        console.print("errors (records per model)", highlight=False)
+        table = Table()
         table.add_column("kind")
         table.add_column("records", justify="right")
         for kind, n in summary.errors.most_common():
             table.add_row(kind, str(n))
         console.print(table)
     if summary.out_file:
-        console.print(f"wrote {summary.out_records} records to {escape(str(summary.out_file))}", highlight=False,
-                      soft_wrap=True)
+        console.print(f"wrote {count(summary.out_records, 'record')} to {escape(str(summary.out_file))}",
+                      highlight=False, soft_wrap=True)
     console.print(f"job {escape(summary.job)} (`labelq export {escape(summary.job)}` writes its records again)",
                   highlight=False, soft_wrap=True)
 
@@ -152,7 +182,8 @@ def export(
     """Stream a job's records (one per image and model) to JSONL, CSV or Parquet.
 
     Distributed jobs come from the job book and record store; a job the job book does not know (or
-    with no Redis to ask) is looked up in the result table of `labelq run` (--db).
+    with no Redis to ask) is looked up in the record store (LABELQ_RESULTS_URL), then in the result
+    table of `labelq run` (--db).
     """
     from ..embedded import OutFile, prepare_output
     from ..records import RecordWriter
@@ -162,7 +193,8 @@ def export(
         prepare_output(output, kind)
     settings = load_settings(db_url=db)
     setup_logging(settings, quiet=True)
-    records, close = _job_records(job, settings)
+    found = find_job(job, settings)
+    records, close = found.records, found.close
     try:
         if output is None:
             with RecordWriter(sys.stdout, kind) as writer:
@@ -175,7 +207,7 @@ def export(
             commit = True
         finally:
             n = target.close(commit=commit)
-        err.print(f"wrote {n} records to {escape(str(output))}", highlight=False, soft_wrap=True)
+        err.print(f"wrote {count(n, 'record')} to {escape(str(output))}", highlight=False, soft_wrap=True)
     finally:
         close()
 
@@ -194,37 +226,152 @@ def _export_format(fmt: str | None, output: Path | None) -> str:
     return kind
 
 
-def _job_records(job: str, settings: Settings) -> tuple[Any, Callable[[], None]]:
-    """A job's records and what closes their store: the distributed job book first, else the result
-    table of `labelq run` (when the job book does not know the job, or there is no Redis to ask)."""
-    from itertools import chain
+@dataclass
+class FoundJob:
+    """Where a job's records are: the job book (distributed, with its state), a record store without the
+    job's state (LABELQ_RESULTS_URL, after Redis lost or expired it) or the result table of `labelq run`."""
 
+    kind: str  # "distributed", "records" or "run"
+    records: Iterator[Record]
+    store: Any  # what holds the records (SQL stores can tally a job)
+    close: Callable[[], None]
+    where: str
+    services: Any = None  # for "distributed": the open services (job book)
+
+
+def find_job(job: str, settings: Settings) -> FoundJob:
+    """Look a job up where it can be, in order: the job book (when its Redis answers), the distributed record
+    store (LABELQ_RESULTS_URL), the result table of `labelq run` (LABELQ_DB_URL, --db). UsageError naming every
+    place looked in when none has it."""
     from ..config import redact
     from ..redis_client import connect
+    from ..services import open_records
 
-    why = "not in the job book"
+    looked: list[str] = []
     try:
         connect(settings.jobs_redis, master=settings.sentinel_master, retries=0).close()  # one quick try: no Redis must not cost seconds
         reachable = True
     except UsageError:
-        reachable, why = False, "no job Redis reachable"
+        reachable = False
+        looked.append(f"no job Redis at {redact(settings.jobs_redis)}")
     if reachable:
         from ..services import open_services
 
         services = open_services(settings)
         if services.book.info(job) is not None:
-            return services.job_records(job), services.close
-        services.close()
-    from ..results.sql import SQLStore
+            return FoundJob("distributed", services.job_records(job), services.records, services.close,
+                            redact(settings.jobs_redis), services)
+        looked.append(f"the job book at {redact(settings.jobs_redis)}")
+        found = _peek(job, services.records, services.close, redact(settings.results), "records")
+        if found is not None:
+            return found
+        looked.append(f"the record store {redact(settings.results)}")
+    elif settings.results_url and settings.results_url != settings.jobs_redis:
+        try:
+            store = open_records(settings)
+        except Exception as exc:  # noqa: BLE001 - an unreachable store is a place looked in, not a crash
+            looked.append(f"the record store {redact(settings.results_url)} ({type(exc).__name__})")
+        else:
+            found = _peek(job, store, store.close, redact(settings.results_url), "records")
+            if found is not None:
+                return found
+            looked.append(f"the record store {redact(settings.results_url)}")
+    from ..embedded import open_run_table
 
-    table = SQLStore(settings.db_url)
-    records = table.iter_records(job)
+    table = open_run_table(settings.db_url)
+    if table is not None:
+        found = _peek(job, table, table.close, redact(settings.db_url), "run")
+        if found is not None:
+            return found
+        looked.append(f"the result table {redact(settings.db_url)}")
+    else:
+        looked.append(f"no result table at {redact(settings.db_url)}")
+    raise UsageError(f"no such job: {job} (looked in: {'; '.join(looked)}); `labelq jobs` lists the jobs, --db names "
+                     "another result table of `labelq run`")
+
+
+def print_records_status(found: FoundJob, job: str, *, as_json: bool = False, errors: bool = False,
+                         limit: int = 20) -> None:
+    """`labelq status` of a job known only by its records (a `labelq run` job, or one whose Redis state is
+    gone): objects, records by status, error kinds, counts by label per model; with ``errors`` the error
+    records by kind with their messages."""
+    import json
+
+    failed: dict[str, list[Record]] = {}
+    try:
+        tally = found.store.tally(job) if hasattr(found.store, "tally") else tally_records(job, found.records)
+        if errors:
+            for rec in found.store.iter_records(job):
+                if not rec.ok:
+                    failed.setdefault(rec.error_kind or "model_error", []).append(rec)
+    finally:
+        found.close()
+    what = ("`labelq run` job: its records in the result table" if found.kind == "run"
+            else "records only (no job state in Redis): from the record store")
+    if as_json:
+        out.print_json(json.dumps({"kind": found.kind, "where": found.where, **tally}))
+        return
+    table = Table(show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    status = tally["status"]
+    rows = [("job", job), ("kind", f"{what} {found.where}"), ("objects", str(tally["objects"])),
+            ("records ok", str(status.get("ok", 0))), ("records failed", str(sum(status.values()) - status.get("ok", 0)))]
+    rows += [(f"  {kind}", str(n)) for kind, n in sorted(tally["errors"].items())]
+    rows += [("first record", tally["first"] or "-"), ("last record", tally["last"] or "-")]
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    out.print(table)
+    for model, labels in tally["labels"].items():
+        out.print(f"{escape(model)}: images by label", soft_wrap=True, highlight=False)
+        view = Table()
+        view.add_column("label")
+        view.add_column("images", justify="right")
+        ranked = sorted(labels.items(), key=lambda x: (-x[1], x[0]))
+        for label, n in ranked[:10]:
+            view.add_row(escape(label), str(n))
+        if len(ranked) > 10:
+            view.add_row(f"… {len(ranked) - 10} more labels", str(sum(n for _, n in ranked[10:])))
+        out.print(view)
+    if errors:
+        if not failed:
+            out.print("no failures")
+        for kind, recs in sorted(failed.items()):
+            out.print(f"[bold]{kind}[/bold] ({len(recs)})", highlight=False)
+            for rec in recs[:limit]:
+                out.print(f"  {rec.uri}  [{rec.model}]  {rec.error}", markup=False, highlight=False, soft_wrap=True)
+            if len(recs) > limit:
+                out.print(f"  … {len(recs) - limit} more")
+
+
+def tally_records(job: str, records: Iterator[Record]) -> dict[str, Any]:
+    """What SQLStore.tally counts, from any store's records (one pass)."""
+    uris: set[str] = set()
+    status: dict[str, int] = {}
+    labels: dict[str, dict[str, int]] = {}
+    errors: dict[str, int] = {}
+    first = last = None
+    for rec in records:
+        uris.add(rec.uri)
+        status[rec.status] = status.get(rec.status, 0) + 1
+        if rec.ok:
+            by_label = labels.setdefault(rec.model, {})
+            by_label[rec.label or ""] = by_label.get(rec.label or "", 0) + 1
+        else:
+            errors[rec.error_kind or "model_error"] = errors.get(rec.error_kind or "model_error", 0) + 1
+        first = min(first or rec.processed_at, rec.processed_at)
+        last = max(last or rec.processed_at, rec.processed_at)
+    return {"job": job, "objects": len(uris), "status": status, "labels": labels, "errors": errors,
+            "first": first, "last": last}
+
+
+def _peek(job: str, store: Any, close: Callable[[], None], where: str, kind: str) -> FoundJob | None:
+    """The job's records in ``store`` when it has any (the first is read), else None (``store`` closed)."""
+    from itertools import chain
+
+    records = store.iter_records(job)
     first = next(records, None)
     if first is None:
-        table.close()
-        raise UsageError(f"no such job: {job} ({why} at {redact(settings.jobs_redis)}, no records in the result "
-                         f"table {redact(settings.db_url)}; `labelq jobs` lists distributed jobs, --db names "
-                         "another result table)")
-    return chain([first], records), table.close
-
-
+        close()
+        return None
+    return FoundJob(kind, chain([first], records), store, close, where)

@@ -30,8 +30,11 @@ def console(
     except ImportError as exc:
         raise UsageError(f"the console needs its extra: pip install 'labelq[console]' ({exc})") from None
 
+    from ..console.auth import Auth
+
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
+    Auth(settings).require_configured()  # who may sign in, before a URL nobody could use is printed
     if settings.policy is not None:  # the review pages show its rules: a bad file is an error now, not a blank later
         from ..moderation import load_policy
 

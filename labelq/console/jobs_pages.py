@@ -111,7 +111,7 @@ def job_retry(request: Request, console: Console, user: User, form: Any) -> Resp
     n = retry(job, console.settings, app=console.services.app, book=console.services.book,
               store=console.services.records)
     logger.info("console: %s retried job %s (%d objects)", user.name, job, n)
-    request.session["flash"] = f"re-enqueued {n} objects with retryable errors"
+    request.session["flash"] = f"re-enqueued {n} {'object' if n == 1 else 'objects'} with retryable errors"
     return RedirectResponse(url("/jobs/view", job=job), status_code=303)
 
 

@@ -1,4 +1,4 @@
-"""Live job figures the console shows: rate, ETA, label counts, dead letters (nothing stored)."""
+"""Live job figures the console shows: rate, ETA, label counts, failures by kind (nothing stored)."""
 
 from __future__ import annotations
 

@@ -265,6 +265,53 @@ class SQLStore:
                 out.setdefault(model, {})[rev] = int(n)
         return out
 
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The table's newest jobs (by their last record): job, objects, records, ok, error, models, first, last."""
+        import sqlalchemy as sa
+
+        t = self.table
+        ok = sa.func.sum(sa.case((t.c.status == "ok", 1), else_=0))
+        query = (sa.select(t.c.job, sa.func.count(sa.distinct(t.c.uri)), sa.func.count(), ok,
+                           sa.func.min(t.c.processed_at), sa.func.max(t.c.processed_at))
+                 .group_by(t.c.job).order_by(sa.func.max(t.c.processed_at).desc()).limit(limit))
+        with self.engine.connect() as conn:
+            rows = [{"job": job, "objects": int(objects), "records": int(n), "ok": int(k or 0), "error": int(n) - int(k or 0),
+                     "first": first, "last": last, "models": []}
+                    for job, objects, n, k, first, last in conn.execute(query)]
+            if rows:
+                by_job = {row["job"]: row for row in rows}
+                pairs = sa.select(t.c.job, t.c.model).where(t.c.job.in_(list(by_job))).distinct().order_by(t.c.model)
+                for job, model in conn.execute(pairs):
+                    by_job[job]["models"].append(model)
+        return rows
+
+    def tally(self, job: str) -> dict[str, Any] | None:
+        """One job's counts (None when it has no rows): objects, records by status, ok records by (model, label),
+        error records by kind, first and last written."""
+        import sqlalchemy as sa
+
+        t = self.table
+        where = t.c.job == job
+        with self.engine.connect() as conn:
+            objects, first, last = conn.execute(
+                sa.select(sa.func.count(sa.distinct(t.c.uri)), sa.func.min(t.c.processed_at), sa.func.max(t.c.processed_at))
+                .where(where)).one()
+            if not objects:
+                return None
+            labels: dict[str, dict[str, int]] = {}
+            errors: dict[str, int] = {}
+            status: dict[str, int] = {}
+            query = (sa.select(t.c.model, t.c.status, t.c.label, t.c.error_kind, sa.func.count()).where(where)
+                     .group_by(t.c.model, t.c.status, t.c.label, t.c.error_kind))
+            for model, state, label, kind, n in conn.execute(query):
+                status[state] = status.get(state, 0) + int(n)
+                if state == "ok":
+                    labels.setdefault(model, {})[label or ""] = int(n)
+                else:
+                    errors[kind or "model_error"] = errors.get(kind or "model_error", 0) + int(n)
+        return {"job": job, "objects": int(objects), "status": status, "labels": labels, "errors": errors,
+                "first": first, "last": last}
+
     def close(self) -> None:
         self.engine.dispose()
 

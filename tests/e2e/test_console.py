@@ -220,7 +220,7 @@ def test_sign_in_open_a_job_filter_by_label_review_and_audit(site: Site, browser
     expect(page.locator(".facts")).to_contain_text("workers answering: 1")
     _shot(page, "jobs")
 
-    # one job: counts, a label chart per model, the dead letters by kind with their messages
+    # one job: counts, a label chart per model, the failures by kind with their messages
     row.get_by_role("link", name=JOB).click()
     expect(page.locator("h1")).to_contain_text(JOB)
     ok = sum(1 for r in site.records if r.ok)

@@ -204,7 +204,7 @@ def test_a_second_job_skips_what_is_labelled_and_force_relabels(cluster: Cluster
     new_etag = put_objects(cluster.s3, cluster.bucket, {changed: photo_bytes[61]})
     assert set(new_etag.values()) != {etags[f"s3://{cluster.bucket}/{changed}"]}
     third = cluster.enqueue_wait(source, "skip-c")
-    assert "enqueued 1 in 1 chunks, skipped 19 already labelled" in third.stderr
+    assert "enqueued 1 in 1 chunk, skipped 19 already labelled" in third.stderr
     records = {r["uri"]: r for r in cluster.export("skip-c")}
     uri = f"s3://{cluster.bucket}/{changed}"
     assert records[uri]["etag"] == new_etag[uri] and records[uri]["processed_at"] > first[uri]["processed_at"]

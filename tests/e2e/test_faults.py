@@ -130,7 +130,7 @@ def test_a_chunk_whose_model_fails_to_load_is_retried_then_dead_lettered_and_ret
     assert [d["attempts"] for d in st["dead_letters"]] == [2, 2] and all(d["error"] for d in st["dead_letters"])
     assert len([line for line in w.text().splitlines() if "is dead-lettered" in line]) == 2
     errors = cli(["status", "J", "--errors"], env, cwd=tmp_path).check().stdout
-    assert "dead-lettered chunks (2)" in errors
+    assert "dead letters (2 chunks that failed every attempt)" in errors
     shutil.copy(tiny_vit / "model.safetensors", bad_model / "model.safetensors")  # the operator fixes the model
     cli(["retry", "J", "--wait"], env, cwd=tmp_path, timeout=180).check()
     st = status(env, "J", tmp_path)

@@ -478,7 +478,7 @@ def test_retry_reenqueues_only_retryable_failures(bad: BadWorker, s3_client: Any
 
     put_objects(s3_client, s3_bucket, {"retry/glacier.jpg": photo_bytes[745]})  # restored: readable again
     result = cli(["retry", "retry", "--wait"], bad.env, cwd=bad.folder, timeout=90).check()
-    assert "re-enqueued 1 objects" in result.stderr
+    assert "re-enqueued 1 object" in result.stderr
 
     after = {r["uri"]: r for r in export(bad.env, "retry", bad.folder)}
     assert len(after) == 12

@@ -26,7 +26,7 @@ from tests.e2e.conftest import RUN_ENV, Result, labelq
 # DESIGN.md, "Result record", in its order (model_revision: the hub commit or folder hash of the model).
 DESIGN_FIELDS = ["uri", "etag", "model", "model_revision", "label", "score", "top_k", "status", "error_kind", "error",
                  "job", "worker", "processed_at"]
-SUMMARY = re.compile(r"labelled (\d+) images, (\d+) failed, (\d+) skipped as already done \((\d+) records\)")
+SUMMARY = re.compile(r"labelled (\d+) images?, (\d+) failed, (\d+) skipped as already done \((\d+) records?\)")
 
 
 def summary(result: Result) -> tuple[int, int, int]:

@@ -279,3 +279,105 @@ def test_export_status_jobs_import_no_model_stack(redis_url: str, tmp_path: Path
         mods, output = imported_by(args, env, tmp_path)
         assert not mods & {"torch", "transformers", "timm"}, (args, mods, output)
 
+
+
+# ---------------------------------------------------------------- round two (issue 24)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_an_interrupted_out_keeps_the_earlier_records_of_objects_not_reached(fmt: str, tmp_path: Path) -> None:
+    from labelq.embedded import OutFile
+    from labelq.records import Record, read_records
+
+    def rec(i: int, model: str, label: str) -> Record:
+        return Record(f"file:///p/{i}.jpg", "e", model, label=label, score=0.5, job="j")
+
+    path = tmp_path / f"r.{fmt}"
+    first = OutFile(path, fmt)
+    first.write([rec(i, m, "old") for i in range(5) for m in ("a", "gone")])  # "gone": a model not in the rerun
+    assert first.close(commit=True) == 10
+
+    again = OutFile(path, fmt)
+    again.write([rec(i, "a", "new") for i in range(2)])  # Ctrl-C after two objects
+    assert again.keep_earlier(["a"]) == 3
+    assert again.close(commit=True) == 5
+    got = {(Path(r.uri).name, r.model): r.label for r in read_records(path)}
+    assert got == {(f"{i}.jpg", "a"): "new" if i < 2 else "old" for i in range(5)}
+
+
+def test_a_new_out_interrupted_holds_what_was_written(tmp_path: Path) -> None:
+    from labelq.embedded import OutFile
+    from labelq.records import Record, read_records
+
+    out = OutFile(tmp_path / "r.jsonl", "jsonl")
+    out.write([Record("file:///p/1.jpg", "e", "a", label="x", score=1.0)])
+    assert out.keep_earlier(["a"]) == 0 and out.close(commit=True) == 1
+    assert len(read_records(tmp_path / "r.jsonl")) == 1
+
+
+def test_interrupted_advice_is_true_with_and_without_force() -> None:
+    from labelq.cli.local import interrupted_advice
+    from labelq.embedded import Summary
+
+    plain = interrupted_advice(Summary(labelled=1, images=1, out_file=Path("r.jsonl")))
+    assert plain.startswith("interrupted: the 1 image labelled so far is kept in the result table and in r.jsonl")
+    assert "run the same command again to finish (done objects are skipped)" in plain
+    forced = interrupted_advice(Summary(images=64, out_file=Path("r.jsonl"), out_earlier=536, force=True))
+    assert "the 64 images labelled so far are kept" in forced and "(with 536 earlier records" in forced
+    assert "run the same command again" not in forced  # with --force that would relabel everything
+    assert "without --force" in forced
+
+
+def test_left_out_files_are_counted_by_suffix(tmp_path: Path) -> None:
+    from labelq.embedded import count_unkept, unkept_text
+    from labelq.objects import walk_folder
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("a.jpg", "notes.txt", "b.TXT", "sub/c.PNG", "sub/vector.svg", "sub/README", "elsewhere/x.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")  # not entered, as the listing does not
+    kept = [rel for _, rel in walk_folder(tmp_path, (".jpg", ".png"))]
+    assert kept == ["a.jpg", "sub/c.PNG"]
+    unkept = count_unkept(tmp_path, [".jpg", ".png"])
+    assert unkept == {".txt": 3, ".svg": 1, "": 1}  # elsewhere/x.txt once: through the link it is not counted again
+    assert unkept_text(unkept) == "5 files (.txt 3, (no suffix) 1, .svg 1)"
+    assert count_unkept(tmp_path, []) == {}  # no suffixes: every file is kept
+
+
+def test_which_live_workers_may_read_a_folder(tmp_path: Path) -> None:
+    from labelq.health import local_readers
+
+    photos = tmp_path / "data" / "photos"
+    photos.mkdir(parents=True)
+    replies = {
+        "a@h": {"local_root": str(tmp_path / "data")},  # a folder above it
+        "b@h": {"local_root": None},
+        "c@h": {"local_root": str(tmp_path / "other")},
+        "d@h": {"models": []},  # a worker too old to say
+    }
+    can, cannot = local_readers(photos, replies)
+    assert can == ["a@h"]
+    assert cannot == ["b@h (no LABELQ_LOCAL_ROOT)", f"c@h (LABELQ_LOCAL_ROOT={tmp_path / 'other'})"]
+    assert local_readers(photos, {"e@h": {"local_root": str(photos)}}) == (["e@h"], [])
+
+
+def test_a_bad_flag_value_is_named_by_its_flag_and_a_bad_variable_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labelq.cli.base import load_settings as cli_settings
+
+    with pytest.raises(UsageError) as info:
+        cli_settings(batch_size=0, db_url=None)
+    assert str(info.value).startswith("invalid settings: --batch-size: ")
+    monkeypatch.setenv("LABELQ_BATCH_SIZE", "0")
+    with pytest.raises(UsageError) as info:
+        cli_settings(batch_size=None)
+    assert str(info.value).startswith("invalid settings: LABELQ_BATCH_SIZE: ")
+
+
+def test_counts_are_plural_only_when_they_should_be() -> None:
+    from labelq.cli.base import count
+
+    assert [count(n, "record") for n in (0, 1, 2)] == ["0 records", "1 record", "2 records"]
+    assert count(1, "entry", "entries") == "1 entry" and count(3, "entry", "entries") == "3 entries"
