@@ -280,7 +280,7 @@ def test_an_upload_over_threshold_is_acted_on_and_one_under_is_untouched(stack: 
     assert sorted(a.action for a in audit) == sorted(ACTIONS)
     assert all(a.result == "ok" for a in audit), audit
     [move] = [a for a in audit if a.action == "move"]
-    assert move.detail == f"s3://{s3_bucket}/quarantine/{hi_key}"
+    assert move.detail == s3_uri(s3_bucket, f"quarantine/{hi_key}")  # the quarantine copy's canonical URI
 
     # Under the threshold: still in place, no tags, no notification, nothing audited.
     assert stack.tags(s3_bucket, lo_key) == {}
