@@ -52,6 +52,12 @@ class Files(Protocol):
 
     def subdirs(self, prefix: str) -> list[str]: ...
 
+    def put_new(self, key: str, data: bytes) -> bool: ...
+
+    def sizes(self, prefix: str) -> dict[str, int]: ...
+
+    def delete(self, key: str) -> None: ...
+
 
 class LocalFiles:
     def __init__(self, root: Path) -> None:
@@ -65,8 +71,32 @@ class LocalFiles:
             f.write(data)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only when it does not exist (atomically: a hard link of a complete temp file)."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return {}
+        return {f"{prefix}{p.name}": p.stat().st_size for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def ls(self, prefix: str) -> list[str]:
         folder = self.root / prefix
@@ -90,8 +120,29 @@ class S3Files:
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only when it does not exist (``If-None-Match: *``: AWS S3, MinIO, moto)."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()  # type: ignore[no-any-return]
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()  # type: ignore[no-any-return]
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(key) from None
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        cut = len(self.prefix)
+        return {item["Key"][cut:]: int(item["Size"]) for page in self._pages(prefix, Delimiter="/")
+                for item in page.get("Contents", [])}
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def _pages(self, prefix: str, **extra: Any) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
