@@ -34,7 +34,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -127,7 +126,7 @@ class DeltaStore:
         if not DeltaTable.is_deltatable(self.table_uri, storage_options=self.storage_options):
             try:
                 DeltaTable.create(self.table_uri, schema=arrow_schema(), mode="ignore", storage_options=self.storage_options)
-            except Exception as exc:  # a racing creator: fine when the table is there now
+            except Exception as exc:  # noqa: BLE001  # a racing creator: fine when the table is there now
                 if not DeltaTable.is_deltatable(self.table_uri, storage_options=self.storage_options):
                     raise UsageError(f"result store {self.url}: cannot create the Delta table: {exc}") from None
 
@@ -325,7 +324,13 @@ class DeltaStore:
         removed: list[str] = []
         rows = 0
         for folder, keys in bins:
-            table = pa.concat_tables(pq.read_table(io.BytesIO(self.files.get(k)), schema=arrow_schema()) for k in keys)
+            try:
+                parts = [self.files.get(k) for k in keys]
+            except FileNotFoundError:
+                parts = []
+            if not all(parts):  # a tombstone: another compaction took these since our snapshot
+                continue
+            table = pa.concat_tables(pq.read_table(io.BytesIO(data), schema=arrow_schema()) for data in parts)
             table = table.sort_by([("uri", "ascending"), ("processed_at", "ascending")])
             buf = io.BytesIO()
             pq.write_table(table, buf, compression="zstd", row_group_size=256 * 1024)
@@ -338,6 +343,8 @@ class DeltaStore:
             actions.extend(RemoveAction(_delta_path(k), False, now) for k in keys)
             removed.extend(keys)
             rows += table.num_rows
+        if not new_keys:
+            return {"removed": 0, "added": 0, "records": 0}
         intent_key = f"{INTENTS}compact-{uuid.uuid4().hex}.json"
         self.files.put(intent_key, json.dumps({"version": version + 1, "add": new_keys, "remove": removed}).encode())
         try:
@@ -370,7 +377,6 @@ class DeltaStore:
 
     def _job_table(self, job: str) -> Any:
         """The job's rows, one per (uri, model): the newest where a retry of the job wrote an object twice."""
-        import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
         self.heal(job)
