@@ -55,10 +55,10 @@ class Settings(BaseSettings):
     result_ttl: int = Field(30 * 24 * 3600, ge=0, description="seconds Redis keeps records and job state; 0 keeps them forever")
 
     lake_commit_files: int = Field(
-        500, ge=1, le=100_000, description="Delta store: a writer commits its chunk files to the table every this many files"
+        500, ge=1, le=100_000, description="Delta store: chunk files per commit (the batch is shared by all writers through the job Redis)"
     )
     lake_commit_seconds: float = Field(
-        300.0, gt=0, description="Delta store: ... or when its oldest uncommitted file is this many seconds old (checked at a write)"
+        300.0, gt=0, description="Delta store: ... or commit once the oldest uncommitted file is this many seconds old (checked at a write)"
     )
     lake_target_mb: int = Field(128, ge=1, le=65536, description="Delta store: `labelq compact` rewrites small files into files of this many MB")
 

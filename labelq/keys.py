@@ -36,6 +36,10 @@ key                                         type    holds
 ``labelq:released``                         hash    uri → etag a reviewer released from quarantine
                                                     (``labelq console``): that version is never acted on again
 ``labelq:seen-event:{uri}:{etag}``          string  de-duplicates object-created events (expires)
+``labelq:lake:{table}:pending``             list    ``{unix seconds}\t{file key}``: Delta store chunk files written
+                                                    and not yet committed, all writers of one table (a cache:
+                                                    ``labelq compact`` commits from the folder listing)
+``labelq:lake:{table}:lease``               string  the Delta store committer's lease (expires)
 ==========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
@@ -52,6 +56,14 @@ ACTIONS = PREFIX + "actions"
 RELEASED = PREFIX + "released"
 CHUNKS = PREFIX + "chunks"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
+
+
+def lake_pending(table: str) -> str:
+    return f"{PREFIX}lake:{table}:pending"
+
+
+def lake_lease(table: str) -> str:
+    return f"{PREFIX}lake:{table}:lease"
 
 
 def records(model: str) -> str:

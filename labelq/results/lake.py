@@ -12,8 +12,10 @@ Rules (why no record is lost or doubled):
 
 * A worker writes its chunk's file **once**: put-if-absent (``os.link`` locally, ``If-None-Match: *`` on S3).
   A redelivered chunk finds the file there and writes nothing; its records are the same objects.
-* Files are committed in batches (:attr:`DeltaStore.commit_files` files or :attr:`commit_seconds` seconds, per
-  writer process, and at close). A commit adds the files that are in the folder, not empty, not in the table and
+* Files are committed in batches (:attr:`DeltaStore.commit_files` files, or when the oldest uncommitted one is
+  :attr:`commit_seconds` old, checked at a write; and at close). With a Redis (the job Redis of a worker), the batch
+  is shared by every writer of the table: a Redis list of written files and a lease, so one commit takes what all
+  wrote; without one, each writer process batches its own files. A commit adds the files that are in the folder, not empty, not in the table and
   not named by a compaction intent; it carries the Delta app transaction ``labelq-commit`` at the next version, so
   two committers working from the same snapshot cannot both land (the loser reloads and recomputes). A process
   killed between writing and committing leaves a file that the next :meth:`DeltaStore.heal` (``labelq compact``,
@@ -31,6 +33,7 @@ deltalake's Rust runtime does not survive a fork: open the store after any fork 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .. import keys as redis_keys
 from ..errors import UsageError
 from ..records import Record, arrow_schema
 from .base import RevisionCounts, count_revisions
@@ -54,6 +58,9 @@ COMPACT_APP = "labelq-compact"
 INTENTS = "_labelq/"
 STAT_COLUMNS = ("uri", "job", "model", "model_revision", "label", "status", "processed_at")
 COMMIT_TRIES = 20
+LEASE_S = 120  # seconds a committer holds the shared batch's lease (a commit of a few thousand files takes seconds)
+SHARED_BATCH = 4  # a shared commit takes up to this many batches of a backlog
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class DeltaStore:
@@ -70,8 +77,13 @@ class DeltaStore:
         commit_files: int = 500,
         commit_seconds: float = 300.0,
         url: str = "",
+        redis: Any = None,
     ) -> None:
         self.files = files
+        self.redis = redis
+        table_id = hashlib.blake2b(table_uri.encode(), digest_size=8).hexdigest()
+        self._queue = redis_keys.lake_pending(table_id)
+        self._lease = redis_keys.lake_lease(table_id)
         self.table_uri = table_uri
         self.storage_options = storage_options or {}
         self.commit_files = commit_files
@@ -84,12 +96,18 @@ class DeltaStore:
         self._ensure_table()
 
     @classmethod
-    def from_url(cls, url: str, *, s3_client: Any = None, settings: Any = None, **_: Any) -> DeltaStore:
+    def from_url(cls, url: str, *, s3_client: Any = None, settings: Any = None, redis: Any = None, **_: Any) -> DeltaStore:
         """``delta:///abs/folder`` or ``delta+s3://bucket/prefix`` (S3: the endpoint, region and credentials of
-        ``settings``, as for images; or ``s3_client`` for the data files)."""
-        kw: dict[str, Any] = {}
+        ``settings``, as for images; or ``s3_client`` for the data files). With ``settings``, writers share their
+        commit batches through the job Redis (or ``redis``)."""
+        kw: dict[str, Any] = {"redis": redis}
         if settings is not None:
-            kw = {"commit_files": settings.lake_commit_files, "commit_seconds": settings.lake_commit_seconds}
+            kw["commit_files"] = settings.lake_commit_files
+            kw["commit_seconds"] = settings.lake_commit_seconds
+            if redis is None:
+                from ..redis_client import connect
+
+                kw["redis"] = connect(settings.jobs_redis, check=False)
         if url.startswith("delta+s3://"):
             bucket, _sep, prefix = url[len("delta+s3://") :].partition("/")
             if not bucket:
@@ -150,14 +168,49 @@ class DeltaStore:
         for rec in records:
             groups.setdefault((rec.job, rec.model), {})[rec.uri] = rec
         name = chunk if chunk is not None else uuid.uuid4().hex
+        new = []
         for (job, model), by_uri in groups.items():
             key = part_key(job, model, name)
             if self.files.put_new(key, _encode([by_uri[u] for u in sorted(by_uri)])):
-                self._pending.append(key)
+                new.append(key)
+        if self.redis is not None:
+            self._push(new)
+            return
+        self._pending.extend(new)
         if len(self._pending) >= self.commit_files or (
             self._pending and time.monotonic() - self._last_commit >= self.commit_seconds
         ):
             self.commit()
+
+    def _push(self, new: Sequence[str]) -> None:
+        """Add written files to the shared batch; commit it when it is due (N files, or the oldest T seconds old)."""
+        now = time.time()
+        pipe = self.redis.pipeline()
+        if new:
+            pipe.rpush(self._queue, *(f"{now:.3f}\t{k}" for k in new))
+        pipe.llen(self._queue)
+        pipe.lindex(self._queue, 0)
+        *_, size, first = pipe.execute()
+        if not size or first is None:
+            return
+        first = first.decode() if isinstance(first, bytes) else first
+        if size >= self.commit_files or now - float(first.split("\t", 1)[0]) >= self.commit_seconds:
+            self.commit_shared()
+
+    def commit_shared(self) -> int:
+        """Commit the shared batch (up to a few batches of it) if no other writer holds the lease; files added.
+        Killed between its commit and its trim, the next committer finds those files in the table and skips them."""
+        token = uuid.uuid4().hex
+        if not self.redis.set(self._lease, token, nx=True, ex=LEASE_S):
+            return 0
+        try:
+            entries = self.redis.lrange(self._queue, 0, self.commit_files * SHARED_BATCH - 1)
+            keys = [(e.decode() if isinstance(e, bytes) else e).split("\t", 1)[1] for e in entries]
+            added = self._commit(keys) if keys else 0
+            self.redis.ltrim(self._queue, len(entries), -1)
+            return added
+        finally:
+            self.redis.eval(_RELEASE, 1, self._lease, token)
 
     def commit(self, keys: Sequence[str] | None = None) -> int:
         """Commit ``keys`` (default: this process's pending files) that are not in the table yet; the number added."""
@@ -410,12 +463,15 @@ class DeltaStore:
         return {row["uri"]: _from_row(row) for row in _newest(table, ["uri"]).to_pylist()}
 
     def close(self) -> None:
-        if self._pending:
-            try:
+        """Commit what this writer left (its own files; with a Redis, the shared batch unless another writer
+        is committing it now). What stays uncommitted is committed by `labelq compact` or an export."""
+        try:
+            if self.redis is not None:
+                self.commit_shared()
+            elif self._pending:
                 self.commit()
-            except Exception:
-                logger.warning("could not commit %d files at close; `labelq compact` will", len(self._pending),
-                               exc_info=True)
+        except Exception:
+            logger.warning("could not commit at close; `labelq compact` will", exc_info=True)
         self._dataset = None
 
 

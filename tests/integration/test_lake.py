@@ -113,6 +113,36 @@ def test_two_committers_from_one_snapshot_add_each_file_once(tmp_path: Path) -> 
     assert set(table_uris(a).values()) == {1} and len(table_uris(a)) == 60
 
 
+def test_writers_sharing_a_redis_commit_one_batch_for_all(tmp_path: Path, redis_client: Any) -> None:
+    url = f"delta://{tmp_path / 'lake'}"
+    a = DeltaStore.from_url(url, redis=redis_client)
+    b = DeltaStore.from_url(url, redis=redis_client)
+    for store in (a, b):
+        store.commit_files, store.commit_seconds = 4, 3600
+    a.write(chunk_records("j1", 0), chunk="j1:c0")
+    b.write(chunk_records("j1", 1), chunk="j1:c1")
+    a.write(chunk_records("j1", 2), chunk="j1:c2")
+    assert a.commits + b.commits == 0
+    b.write(chunk_records("j1", 3), chunk="j1:c3")  # the 4th file of the table, not of b: the batch is due
+    assert (a.commits, b.commits) == (0, 1)
+    assert len(a.table().file_uris()) == 4 and redis_client.llen(a._queue) == 0
+    # a committer killed between its commit and its trim: the next one skips what is in the table
+    a.write(chunk_records("j1", 4), chunk="j1:c4")
+    entries = redis_client.lrange(a._queue, 0, -1)
+    assert a.commit_shared() == 1
+    redis_client.rpush(a._queue, *entries)  # as if the trim never happened
+    b.write(chunk_records("j1", 5), chunk="j1:c5")
+    assert b.commit_shared() == 1  # c5 only; c4 again would double it
+    # a lease held by another committer: no commit, the files wait
+    redis_client.set(a._lease, "someone", ex=60)
+    a.write(chunk_records("j1", 6), chunk="j1:c6")
+    assert a.commit_shared() == 0
+    redis_client.delete(a._lease)
+    a.close()
+    counts = table_uris(a)
+    assert len(counts) == 70 and set(counts.values()) == {1}
+
+
 # ---------------------------------------------------------------- SIGKILL
 
 
