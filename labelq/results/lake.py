@@ -139,14 +139,22 @@ class DeltaStore:
     # ------------------------------------------------------------------ table
 
     def _ensure_table(self) -> None:
-        from deltalake import DeltaTable
-
-        if not DeltaTable.is_deltatable(self.table_uri, storage_options=self.storage_options):
-            try:
+        """Create the table when the folder has none (a racing creator is fine); one clear line when it cannot."""
+        try:
+            from deltalake import DeltaTable
+        except ImportError:
+            raise UsageError(f"result store {self.url}: the Delta store needs deltalake: pip install 'labelq[lake]'") from None
+        try:
+            if not DeltaTable.is_deltatable(self.table_uri, storage_options=self.storage_options):
                 DeltaTable.create(self.table_uri, schema=arrow_schema(), mode="ignore", storage_options=self.storage_options)
-            except Exception as exc:  # noqa: BLE001  # a racing creator: fine when the table is there now
-                if not DeltaTable.is_deltatable(self.table_uri, storage_options=self.storage_options):
-                    raise UsageError(f"result store {self.url}: cannot create the Delta table: {exc}") from None
+        except Exception as exc:  # noqa: BLE001  (delta-rs raises many kinds; one line for the user)
+            try:
+                there = DeltaTable.is_deltatable(self.table_uri, storage_options=self.storage_options)
+            except Exception:  # noqa: BLE001
+                there = False
+            if not there:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise UsageError(f"result store {self.url}: cannot open or create the Delta table: {first}") from None
 
     def table(self) -> Any:
         from deltalake import DeltaTable

@@ -270,13 +270,16 @@ def test_the_store_protocol_is_served_from_the_table(tmp_path: Path) -> None:
     assert settled(store, [ObjectRef(b, etag="changed")], [M])[0] == set()
 
 
-def test_a_bad_delta_url_is_one_clear_error(tmp_path: Path) -> None:
+def test_a_bad_delta_url_is_one_clear_error(tmp_path: Path, s3_client: Any) -> None:
     from labelq.errors import UsageError
 
     with pytest.raises(UsageError, match="absolute folder"):
         open_store("delta://relative/folder")
     with pytest.raises(UsageError, match="name a bucket"):
         open_store("delta+s3:///prefix")
+    with pytest.raises(UsageError, match="cannot open or create the Delta table") as info:
+        open_store("delta+s3://no-such-bucket-here/labels", s3_client=s3_client)
+    assert "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------- S3
