@@ -39,9 +39,9 @@ __all__ = [
 
 def open_store(url: str, **kwargs: Any) -> Any:
     """A record store by URL: redis://, rediss://, unix://; sqlite:// or postgresql://; parquet:///abs/folder or
-    parquet+s3://bucket/prefix; delta:///abs/folder or delta+s3://bucket/prefix. ``kwargs``: ``ttl`` (Redis), ``pg_method`` (SQL), ``settings``/``s3_client`` (Parquet
-    and Delta on S3; Delta: ``settings`` also names the job Redis its writers share commit batches through);
-    a store ignores the ones it has no use for."""
+    parquet+s3://bucket/prefix; delta:///abs/folder or delta+s3://bucket/prefix. ``kwargs``: ``ttl`` (Redis),
+    ``pg_method`` (SQL), ``settings``/``s3_client`` (Parquet and Delta on S3; Delta: ``settings`` also names the
+    job Redis its writers share commit batches through); a store ignores the ones it has no use for."""
     from ..config import redact
 
     if is_redis_url(url):

@@ -290,11 +290,13 @@ class DeltaStore:
 
     def heal(self, job: str | None = None) -> int:
         """Commit every data file in the folder (of ``job``, or all) that is not in the table: what a killed
-        writer left. Returns the number of files committed."""
+        writer left, and the shared batch's tail. Returns the number of files committed."""
         self.finish_intents()
+        added = 0
+        if job is None and self.redis is not None:
+            added += self.commit_shared()  # the shared batch first: that also trims its list
         prefix = f"job={_safe(job)}/" if job is not None else ""
         keys = self.pending_keys(prefix)
-        added = 0
         for i in range(0, len(keys), max(self.commit_files, 1)):
             added += self._commit(keys[i : i + self.commit_files])
         return added

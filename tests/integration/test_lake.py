@@ -138,9 +138,12 @@ def test_writers_sharing_a_redis_commit_one_batch_for_all(tmp_path: Path, redis_
     a.write(chunk_records("j1", 6), chunk="j1:c6")
     assert a.commit_shared() == 0
     redis_client.delete(a._lease)
-    a.close()
+    assert a.heal() == 1 and redis_client.llen(a._queue) == 0  # `labelq compact`: the tail, and the list trimmed
+    a.write(chunk_records("j1", 7), chunk="j1:c7")
+    a.close()  # the last writer's close commits the tail
+    assert redis_client.llen(a._queue) == 0
     counts = table_uris(a)
-    assert len(counts) == 70 and set(counts.values()) == {1}
+    assert len(counts) == 80 and set(counts.values()) == {1}
 
 
 # ---------------------------------------------------------------- SIGKILL
