@@ -48,7 +48,7 @@ from .. import keys as redis_keys
 from ..errors import UsageError
 from ..records import Record, arrow_schema
 from .base import RevisionCounts, count_revisions
-from .parquet import SUFFIX, LocalFiles, ParquetStore, S3Files, _encode, _from_row
+from .parquet import SUFFIX, LocalFiles, ParquetStore, S3Files, UriIndex, _encode, _from_row, _Part, read_newest
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class DeltaStore:
         self._pending: list[str] = []
         self._last_commit = time.monotonic()
         self._dataset: Any = None
+        self._index: dict[str, UriIndex] = {}  # model → its files' uri ranges (get_many)
         self.commits = 0  # commits this store made (bench, tests)
         self._ensure_table()
 
@@ -258,7 +259,7 @@ class DeltaStore:
                 time.sleep(min(0.05 * 2**attempt, 2.0))
                 continue
             self.commits += 1
-            self._dataset = None
+            self.refresh()
             logger.debug("committed %d files to %s", len(actions), self.url)
             return len(actions)
         raise RuntimeError(f"{self.url}: could not commit after {COMMIT_TRIES} tries (too many committers at once?)")
@@ -424,7 +425,7 @@ class DeltaStore:
         for k in removed:  # tombstones: a late redelivery of these chunks writes nothing, a committer skips them
             self.files.put(k, b"")
         self.files.delete(intent_key)
-        self._dataset = None
+        self.refresh()
         return {"removed": len(removed), "added": len(new_keys), "records": rows}
 
     # ------------------------------------------------------------------ read
@@ -436,14 +437,16 @@ class DeltaStore:
         return self._dataset
 
     def refresh(self) -> None:
+        """Forget the table snapshot the readers use: the next read loads the table again."""
         self._dataset = None
+        self._index.clear()
 
     def _job_table(self, job: str) -> Any:
         """The job's rows, one per (uri, model): the newest where a retry of the job wrote an object twice."""
         import pyarrow.dataset as ds
 
         self.heal(job)
-        self._dataset = None
+        self.refresh()
         table = self.dataset().to_table(filter=ds.field("job") == job)
         return _newest(table, ["model", "uri"]) if table.num_rows else table
 
@@ -458,19 +461,32 @@ class DeltaStore:
     def revisions(self, job: str) -> RevisionCounts:
         return count_revisions(self.iter_records(job))
 
-    def get_many(self, model: str, uris: Sequence[str]) -> dict[str, Record]:
-        """The newest record of each of these objects for ``model`` across jobs, from the table."""
-        import pyarrow as pa
-        import pyarrow.dataset as ds
+    def _model_index(self, model: str) -> UriIndex:
+        """The table's files that can hold ``model``'s records and their uri ranges, from the log's statistics
+        (no file is opened); kept until this store commits or compacts, or :meth:`refresh`."""
+        if model not in self._index:
+            import pyarrow as pa
 
+            cols = pa.table(self.table().get_add_actions(flatten=True)).to_pydict()
+            none = [None] * len(cols["path"])  # a column the log has no statistics for: every file may match
+            rows = zip(cols["path"], cols.get("min.model", none), cols.get("max.model", none),
+                       cols.get("min.uri", none), cols.get("max.uri", none), strict=True)
+            parts = []
+            for key, lo_m, hi_m, lo, hi in rows:
+                if lo_m is not None and hi_m is not None and not lo_m <= model <= hi_m:
+                    continue
+                parts.append(_Part(key, lo if lo is not None else "", hi if hi is not None else "\U0010ffff"))
+            self._index[model] = UriIndex(parts)
+        return self._index[model]
+
+    def get_many(self, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """The newest record of each of these objects for ``model`` across jobs, from the table: only the
+        files whose model and uri ranges (Delta statistics) overlap the group's are read."""
         wanted = sorted(set(uris))
         if not wanted:
             return {}
-        expr = (ds.field("model") == model) & ds.field("uri").isin(pa.array(wanted, pa.string()))
-        table = self.dataset().to_table(filter=expr)
-        if not table.num_rows:
-            return {}
-        return {row["uri"]: _from_row(row) for row in _newest(table, ["uri"]).to_pylist()}
+        keys = self._model_index(model).overlapping(wanted[0], wanted[-1])
+        return read_newest(self.files, keys, wanted, model)
 
     def close(self) -> None:
         """Commit what this writer left (its own files; with a Redis, the shared batch unless another writer

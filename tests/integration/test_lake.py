@@ -273,6 +273,24 @@ def test_the_store_protocol_is_served_from_the_table(tmp_path: Path) -> None:
     assert settled(store, [ObjectRef(b, etag="changed")], [M])[0] == set()
 
 
+def test_the_skip_check_reads_only_files_whose_uri_range_overlaps(tmp_path: Path) -> None:
+    store = lake(tmp_path, commit_files=1)
+    for c in range(8):
+        store.write(chunk_records("j1", c), chunk=f"j1:c{c}")
+    store.write([rec("s3://b/j1/c0003/k005", job="j2", model="org/other")], chunk="j2:x")
+    real_get = store.files.get
+    read: list[str] = []
+
+    def counting_get(key: str) -> bytes:
+        read.append(key)
+        return real_get(key)
+
+    store.files.get = counting_get  # type: ignore[method-assign]
+    got = store.get_many(M, [f"s3://b/j1/c0003/k{i:03d}" for i in range(5)])
+    assert sorted(got) == [f"s3://b/j1/c0003/k{i:03d}" for i in range(5)]
+    assert read == ["job=j1/model=org~2Fmodel-a/part-j1~3Ac3.parquet"]  # one file of 9, from the log's statistics
+
+
 def test_a_bad_delta_url_is_one_clear_error(tmp_path: Path, s3_client: Any) -> None:
     from labelq.errors import UsageError
 
