@@ -48,7 +48,7 @@ from .. import keys as redis_keys
 from ..errors import UsageError
 from ..records import Record, arrow_schema
 from .base import RevisionCounts, count_revisions
-from .parquet import SUFFIX, LocalFiles, ParquetStore, S3Files, UriIndex, _encode, _from_row, _Part, read_newest
+from .parquet import SUFFIX, LocalFiles, ParquetStore, UriIndex, _encode, _from_row, _Part, read_newest
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +113,11 @@ class DeltaStore:
             bucket, _sep, prefix = url[len("delta+s3://") :].partition("/")
             if not bucket:
                 raise UsageError(f"result store {url}: name a bucket, as in delta+s3://bucket/prefix")
-            if s3_client is None:
-                if settings is not None:
-                    from ..storage import make_s3_client
-
-                    s3_client = make_s3_client(settings)
-                else:
-                    import boto3
-
-                    s3_client = boto3.client("s3")
+            # the Parquet store's S3 files, with its client (the images' endpoint, region, credential chain)
+            files: Any = ParquetStore.from_url(f"parquet+s3://{bucket}/{prefix}", s3_client=s3_client, settings=settings).files
             prefix = prefix.strip("/")
             uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-            return cls(S3Files(s3_client, bucket, prefix), uri, storage_options=_s3_options(s3_client), url=url, **kw)
+            return cls(files, uri, storage_options=_s3_options(files.client), url=url, **kw)
         if url.startswith("delta://"):
             path = url[len("delta://") :]
             if not path.startswith("/"):
