@@ -25,6 +25,9 @@ Commands (``python -m bench --help``):
   models' processors (the fast-path gate), 1080p, 12 MP and the example photos.
 * ``python -m bench review``: the review queue at a million pending items: page times
   (first page, filtered pages, a page by cursor deep in the queue) on a private Redis.
+* ``python -m bench lake``: a 10 M-record Delta table built by the workers' write path (chunk files
+  committed in batches): commits per minute, file count and a DuckDB ``GROUP BY label`` before and after
+  ``labelq compact``.
 * ``python -m bench s3``: object clients (boto3 as labelq sets it up, obstore) against
   moto over HTTP: GETs/s and CPU per GET.
 """
@@ -113,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--workers", default="1,2,4,8", help="writer process counts")
     sk.add_argument("--per-worker", type=int, default=20_000, help="records each writer writes per run")
     sk.add_argument("--quick", action="store_true", help="N = 1, 2 and 4 000 records per writer")
+    from . import lake as lake_bench
     from . import listing as listing_bench
     from . import review as review_bench
 
     listing_bench.add_parser(sub)
     review_bench.add_parser(sub)
+    lake_bench.add_parser(sub)
     args = parser.parse_args(argv)
     offline_env()
     if getattr(args, "no_wait", False):
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return listing_bench.run(args)
     if args.command == "review":
         return review_bench.run(args)
+    if args.command == "lake":
+        return lake_bench.run(args)
     if args.command == "ray":
         return _ray(args)
     if args.command == "decode":

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     results_url: str | None = Field(
         None, description="Result store for distributed jobs: redis://, postgresql://, sqlite://, parquet:///abs/folder, "
-        "parquet+s3://bucket/prefix; default: the broker's Redis"
+        "parquet+s3://bucket/prefix, delta:///abs/folder, delta+s3://bucket/prefix; default: the broker's Redis"
     )
     redis_url: str | None = Field(
         None, description="Redis for job state; default: results_url or broker_url when they are Redis"
@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     amqp_quorum: bool = Field(False, description="RabbitMQ: declare labelq's queues as quorum queues (replicated)")
     db_url: str = Field("sqlite:///labelq.db", description="SQL result table of `labelq run`")
     result_ttl: int = Field(30 * 24 * 3600, ge=0, description="seconds Redis keeps records and job state; 0 keeps them forever")
+
+    lake_commit_files: int = Field(
+        500, ge=1, le=100_000, description="Delta store: chunk files per commit (the batch is shared by all writers through the job Redis)"
+    )
+    lake_commit_seconds: float = Field(
+        300.0, gt=0, description="Delta store: ... or commit once the oldest uncommitted file is this many seconds old (checked at a write)"
+    )
+    lake_target_mb: int = Field(128, ge=1, le=65536, description="Delta store: `labelq compact` rewrites small files into files of this many MB")
 
     # --- models and inference
     models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_MODEL])

@@ -51,6 +51,10 @@ key                                         type    holds
 ``labelq:console:session:{sid}``            hash    a console session (user, csrf); expires
 ``labelq:console:user-sessions:{user}``     set     a user's session ids (sign out everywhere)
 ``labelq:console:throttle:{who}``           string  failed sign-ins per user / address (expires)
+``labelq:lake:{table}:pending``             list    ``{unix seconds}\t{file key}``: Delta store chunk files written
+                                                    and not yet committed, all writers of one table (a cache:
+                                                    ``labelq compact`` commits from the folder listing)
+``labelq:lake:{table}:lease``               string  the Delta store committer's lease (expires)
 ==========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
@@ -70,6 +74,14 @@ REVIEW_MIGRATED = REVIEW + "migrated"
 CONSOLE = PREFIX + "console:"  # console sessions and sign-in throttling
 CHUNKS = PREFIX + "chunks"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
+
+
+def lake_pending(table: str) -> str:
+    return f"{PREFIX}lake:{table}:pending"
+
+
+def lake_lease(table: str) -> str:
+    return f"{PREFIX}lake:{table}:lease"
 
 
 def records(model: str) -> str:

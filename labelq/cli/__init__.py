@@ -9,13 +9,13 @@ from __future__ import annotations
 
 # isort: off
 from . import local  # registered first: `labelq --help` lists run, export and model first
-from . import jobs, moderate
+from . import jobs, lake, moderate
 # isort: on
 from .base import app
 from .jobs import follow, print_errors, print_job
 from .local import _export_format, print_summary
 
-__all__ = ["_export_format", "app", "follow", "jobs", "local", "main", "moderate", "print_errors", "print_job",
+__all__ = ["_export_format", "app", "follow", "jobs", "lake", "local", "main", "moderate", "print_errors", "print_job",
            "print_summary"]
 
 

@@ -4,6 +4,7 @@
 * :mod:`.redis`: records in Redis hashes (the small-deployment default, with a TTL).
 * :mod:`.sql`: the SQL record table (SQLite for ``labelq run``, PostgreSQL at scale).
 * :mod:`.parquet`: a Parquet dataset in a folder or on S3, one file per chunk.
+* :mod:`.lake`: a Delta Lake table: the Parquet files per chunk, committed in batches, compacted.
 
 :func:`open_store` picks one by URL; :mod:`labelq.services` decides which URL. Importing this
 package imports no database driver, Redis client or pyarrow.
@@ -38,8 +39,9 @@ __all__ = [
 
 def open_store(url: str, **kwargs: Any) -> Any:
     """A record store by URL: redis://, rediss://, unix://; sqlite:// or postgresql://; parquet:///abs/folder or
-    parquet+s3://bucket/prefix. ``kwargs``: ``ttl`` (Redis), ``pg_method`` (SQL), ``settings``/``s3_client`` (Parquet
-    on S3); a store ignores the ones it has no use for."""
+    parquet+s3://bucket/prefix; delta:///abs/folder or delta+s3://bucket/prefix. ``kwargs``: ``ttl`` (Redis),
+    ``pg_method`` (SQL), ``settings``/``s3_client`` (Parquet and Delta on S3; Delta: ``settings`` also names the
+    job Redis its writers share commit batches through); a store ignores the ones it has no use for."""
     from ..config import redact
 
     if is_redis_url(url):
@@ -48,7 +50,12 @@ def open_store(url: str, **kwargs: Any) -> Any:
         return SQLStore(url, **kwargs)
     if url.startswith(("parquet://", "parquet+s3://")):
         return ParquetStore.from_url(url, **kwargs)
+    if url.startswith(("delta://", "delta+s3://")):
+        from .lake import DeltaStore  # imports deltalake only when asked for
+
+        return DeltaStore.from_url(url, **kwargs)
     raise UsageError(
-        f"unsupported result store {redact(url)}: use redis://, sqlite:///, postgresql://, parquet:/// or parquet+s3://"
+        f"unsupported result store {redact(url)}: use redis://, sqlite:///, postgresql://, parquet:///, parquet+s3://, "
+        "delta:/// or delta+s3://"
     )
 

@@ -52,6 +52,12 @@ class Files(Protocol):
 
     def subdirs(self, prefix: str) -> list[str]: ...
 
+    def put_new(self, key: str, data: bytes) -> bool: ...
+
+    def sizes(self, prefix: str) -> dict[str, int]: ...
+
+    def delete(self, key: str) -> None: ...
+
 
 class LocalFiles:
     def __init__(self, root: Path) -> None:
@@ -65,8 +71,32 @@ class LocalFiles:
             f.write(data)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only when it does not exist (atomically: a hard link of a complete temp file)."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return {}
+        return {f"{prefix}{p.name}": p.stat().st_size for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def ls(self, prefix: str) -> list[str]:
         folder = self.root / prefix
@@ -90,8 +120,29 @@ class S3Files:
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only when it does not exist (``If-None-Match: *``: AWS S3, MinIO, moto)."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()  # type: ignore[no-any-return]
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()  # type: ignore[no-any-return]
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(key) from None
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        cut = len(self.prefix)
+        return {item["Key"][cut:]: int(item["Size"]) for page in self._pages(prefix, Delimiter="/")
+                for item in page.get("Contents", [])}
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def _pages(self, prefix: str, **extra: Any) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -113,6 +164,50 @@ class _Part:
     high: str  # largest
 
 
+class UriIndex:
+    """One model's files sorted by smallest uri, with a running max of the largest: which files can hold a
+    group of uris (the skip check reads only those). Also serves the Delta store (from its log's stats)."""
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self.parts = sorted(parts, key=lambda p: p.low)
+        self.lows = [p.low for p in self.parts]
+        self.reach: list[str] = []
+        for part in self.parts:
+            self.reach.append(max(self.reach[-1], part.high) if self.reach else part.high)
+
+    def overlapping(self, lo: str, hi: str) -> list[str]:
+        """Keys of the files whose uri range overlaps [lo, hi]."""
+        out = []
+        i = bisect.bisect_right(self.lows, hi) - 1
+        while i >= 0 and self.reach[i] >= lo:  # files starting at or before hi that reach lo or beyond
+            if self.parts[i].high >= lo:
+                out.append(self.parts[i].key)
+            i -= 1
+        return out
+
+
+def read_newest(files: Files, keys: Sequence[str], uris: Sequence[str], model: str | None = None) -> dict[str, Record]:
+    """The newest record of each of ``uris`` (of ``model``, when the files hold several) in these files:
+    filtered with pyarrow compute before any Record is made."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    best: dict[str, Record] = {}
+    value_set = pa.array(sorted(set(uris)), pa.string())
+    for key in keys:
+        table = pq.ParquetFile(io.BytesIO(files.get(key))).read()
+        mask = pc.is_in(table["uri"], value_set=value_set)
+        if model is not None:
+            mask = pc.and_(mask, pc.equal(table["model"], model))
+        for row in table.filter(mask).to_pylist():
+            rec = _from_row(row)
+            have = best.get(rec.uri)
+            if have is None or (rec.processed_at, rec.job or "") > (have.processed_at, have.job or ""):
+                best[rec.uri] = rec
+    return best
+
+
 def _q(value: str | None) -> str:
     return quote(value or "", safe="")
 
@@ -125,7 +220,7 @@ class ParquetStore:
     def __init__(self, files: Files, *, url: str = "") -> None:
         self.files = files
         self.url = url
-        self._index: dict[str, tuple[list[str], list[str], list[_Part]]] = {}  # model → (lows, reach, parts)
+        self._index: dict[str, UriIndex] = {}  # model → its files' uri ranges
 
     @classmethod
     def from_url(cls, url: str, *, s3_client: Any = None, settings: Any = None, **_: Any) -> ParquetStore:
@@ -223,8 +318,8 @@ class ParquetStore:
 
     # ------------------------------------------------------------------ across jobs
 
-    def _model_index(self, model: str) -> tuple[list[str], list[str], list[_Part]]:
-        """The model's files across jobs, sorted by smallest uri, with a running max of the largest."""
+    def _model_index(self, model: str) -> UriIndex:
+        """The model's files across jobs and their uri ranges (each footer read once per store)."""
         if model not in self._index:
             import pyarrow.parquet as pq
 
@@ -239,11 +334,7 @@ class ParquetStore:
                     bounds = _uri_bounds(meta)
                     if bounds is not None:
                         parts.append(_Part(key, *bounds))
-            parts.sort(key=lambda p: p.low)
-            reach: list[str] = []
-            for part in parts:
-                reach.append(max(reach[-1], part.high) if reach else part.high)
-            self._index[model] = ([p.low for p in parts], reach, parts)
+            self._index[model] = UriIndex(parts)
         return self._index[model]
 
     def refresh(self) -> None:
@@ -253,31 +344,10 @@ class ParquetStore:
     def get_many(self, model: str, uris: Sequence[str]) -> dict[str, Record]:
         """The newest record of each of these objects for ``model`` across jobs: reads only the files whose
         uri range overlaps the group's, filtered to these uris (pyarrow compute, before any Record is made)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
         wanted = sorted(set(uris))
         if not wanted:
             return {}
-        lows, reach, parts = self._model_index(model)
-        lo, hi = wanted[0], wanted[-1]
-        candidates = []
-        i = bisect.bisect_right(lows, hi) - 1
-        while i >= 0 and reach[i] >= lo:  # files starting at or before hi that reach lo or beyond
-            if parts[i].high >= lo:
-                candidates.append(parts[i].key)
-            i -= 1
-        best: dict[str, Record] = {}
-        value_set = pa.array(wanted, pa.string())
-        for key in candidates:
-            table = pq.ParquetFile(io.BytesIO(self.files.get(key))).read()
-            for row in table.filter(pc.is_in(table["uri"], value_set=value_set)).to_pylist():
-                rec = _from_row(row)
-                have = best.get(rec.uri)
-                if have is None or (rec.processed_at, rec.job or "") > (have.processed_at, have.job or ""):
-                    best[rec.uri] = rec
-        return best
+        return read_newest(self.files, self._model_index(model).overlapping(wanted[0], wanted[-1]), wanted)
 
     def close(self) -> None:
         self._index.clear()
