@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     int8_min_agreement: float = Field(0.995, ge=0, le=1, description="int8 gate: share of top-1 labels equal to fp32's")
     int8_max_mean_delta: float = Field(0.01, ge=0, le=1, description="int8 gate: mean |int8 - fp32| of the top-1 score")
     cache_dir: Path = Field(
-        Path.home() / ".cache" / "labelq",
+        default_factory=lambda: Path.home() / ".cache" / "labelq",
         description="labelq's cache folder: model exports go here when the model's own folder cannot be written",
     )
 
