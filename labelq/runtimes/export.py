@@ -142,13 +142,13 @@ def int8_export(fp32: Path) -> Path:
 
 def parity_gate(source: ModelSource, fp32: Path, int8: Path, settings: Settings, threads: int) -> Gate:
     """Measure (or read back) the int8 verdict for this export, calibration set and thresholds."""
-    bounds = {"min_agreement": settings.int8_min_agreement, "max_mean_delta": settings.int8_max_mean_delta}
+    lo, hi = settings.int8_min_agreement, settings.int8_max_mean_delta
     batch = source.calibration() if source.calibration is not None else None
     if batch is None:
-        return Gate(0, 0.0, 1.0, **bounds, reason="no calibration set (set LABELQ_INT8_CALIBRATION to a folder of "
+        return Gate(0, 0.0, 1.0, lo, hi, reason="no calibration set (set LABELQ_INT8_CALIBRATION to a folder of "
                     "typical images)")
     if len(batch) == 0:
-        return Gate(0, 0.0, 1.0, **bounds, reason=f"no readable images in {settings.int8_calibration}")
+        return Gate(0, 0.0, 1.0, lo, hi, reason=f"no readable images in {settings.int8_calibration}")
     digest = _array_digest(batch)
     kept = fp32.parent / f"gate-{digest}-{settings.int8_min_agreement}-{settings.int8_max_mean_delta}.json"
     if kept.is_file():
@@ -162,7 +162,8 @@ def parity_gate(source: ModelSource, fp32: Path, int8: Path, settings: Settings,
         images=len(batch),
         agreement=float((quantized.argmax(axis=1) == top).mean()),
         mean_delta=float(np.abs(quantized[rows, top] - reference[rows, top]).mean()),
-        **bounds,
+        min_agreement=lo,
+        max_mean_delta=hi,
     )
     with contextlib.suppress(OSError):
         tmp = kept.with_suffix(f".{os.getpid()}.tmp")
