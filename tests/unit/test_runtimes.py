@@ -138,6 +138,19 @@ def test_read_only_model_folder_exports_to_the_cache_dir(
     assert [p.score for p in clf.predict(x)] == pytest.approx([p.score for p in torch_clf.predict(x)], abs=PARITY)
 
 
+def test_a_hub_model_exports_beside_its_hub_cache_folder(hub_vit: str, cache_dir: Path, photos: list[Path]) -> None:
+    from huggingface_hub import constants
+
+    clf = load_classifier(hub_vit, settings(cache_dir, runtime="onnx"))
+    repo = Path(constants.HF_HUB_CACHE) / "models--labelq-test--tiny-vit"
+    onnx = list((repo / "labelq").rglob("model.onnx"))
+    assert clf.revision == "0" * 40 and len(onnx) == 1 and clf.revision in onnx[0].parent.name
+    assert not list((repo / "snapshots").rglob("*.onnx"))  # the snapshot stays as the hub wrote it
+    reference = load_classifier(hub_vit, settings(cache_dir))
+    x = batch(reference, photos)
+    assert [p.score for p in clf.predict(x)] == pytest.approx([p.score for p in reference.predict(x)], abs=PARITY)
+
+
 # ---------------------------------------------------------------- int8
 
 
