@@ -7,9 +7,10 @@ fresh process on the CPU, and the bench samples the CPU of that process tree (be
 * ``transformers pipeline("image-classification")`` over the file paths, ``batch_size=B``;
 * Ray Data, as its batch-inference docs show (bench/raydata.py: ``read_images`` → the model's
   processor → a predictor actor class);
-* Daft, as its batch-inference docs show: ``from_glob_path`` → ``download()`` of each file's
-  bytes → a ``@daft.cls`` class that loads the model once and a ``@daft.method.batch`` method that
-  decodes the bytes with the model's processor and predicts a batch;
+* Daft with its class UDF (its API for stateful batch inference): ``from_glob_path`` →
+  ``download()`` of each file's bytes → a ``@daft.cls`` class that loads the model once (in this
+  process, ``use_process=False``) and a ``@daft.method.batch`` method that decodes the bytes with the
+  model's processor and predicts a batch;
 * naive Celery: one task per image, prefork defaults (bench/naive_celery.py; after start-up only);
 * on ViT-B/16 only, ``labelq run`` with each inference runtime (``LABELQ_RUNTIME``): torch, onnx,
   openvino, onnx-int8. Exports are made before the clock starts (once per model revision, as a
@@ -205,8 +206,8 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"| {r['name']} | failed: {r['error'][:80]} | | | |")
             continue
         ratio = f"×{r['labelq_vs_run']}" if "labelq_vs_run" in r else ""
-        if "vs_pipeline_run" in r and r["name"] != "labelq run":
-            ratio = f"{ratio} (×{r['vs_pipeline_run']} the pipeline)"
+        if "vs_pipeline_run" in r and r["name"] != "labelq run":  # a runtime row: against the pipeline
+            ratio = f"×{r['vs_pipeline_run']} the pipeline"
         whole = f"{r['whole_ips']:.2f}" if "whole_ips" in r else "–"
         cpu = f"{r['whole_cpu_ms_per_image']:.0f}" if "whole_cpu_ms_per_image" in r else "–"
         lines.append(f"| {r['name']} | {r['run_ips']:.2f} | {whole} | {cpu} | {ratio} |")
