@@ -260,7 +260,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
-            problems.append(f"LABELQ_{field.upper()}: {err['msg'].removeprefix('Value error, ')}")
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"LABELQ_{field.upper()}: {msg}" if field else msg)  # a rule across settings names them
         raise UsageError("invalid settings: " + "; ".join(problems)) from None
 
