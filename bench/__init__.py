@@ -1,4 +1,4 @@
-"""labelq's benchmark: ``python -m bench`` (see bench/__main__.py and docs/benchmarks.md).
+"""labelq's benchmark: ``python -m bench`` (see bench/__main__.py, docs/benchmarks.md and the lab notes in bench/NOTES.md).
 
 Not part of the labelq package: it measures labelq against what users would run
 instead (the bare model, transformers' pipeline, naive Celery) on generated images,

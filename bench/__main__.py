@@ -2,6 +2,10 @@
 
 Commands (``python -m bench --help``):
 
+* ``python -m bench peers``: the users' page (docs/benchmarks.md): labelq run against the
+  transformers pipeline, Ray Data, Daft and naive Celery on both seed models, and the inference
+  runtimes (torch, onnx, openvino, onnx-int8) on ViT-B/16; each contender once, in its own process.
+
 * ``python -m bench [--model mobilenetv3|vit] [--quick]``: on the same generated
   JPEGs (640x480, 1920x1080, 4000x3000; distinct content) and the same model:
   (a) the bare model on ready tensors, (b) transformers' pipeline, (c) naive
@@ -118,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--quick", action="store_true", help="N = 1, 2 and 4 000 records per writer")
     from . import lake as lake_bench
     from . import listing as listing_bench
+    from . import peers
     from . import review as review_bench
 
     listing_bench.add_parser(sub)
     review_bench.add_parser(sub)
     lake_bench.add_parser(sub)
+    peers.add_parser(sub)
     args = parser.parse_args(argv)
     offline_env()
     if getattr(args, "no_wait", False):
@@ -138,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         res = sinks.run(workers=ns, per_worker=4_000 if args.quick else args.per_worker, quick=args.quick)
         print(sinks.table(res))
         print(f"wrote {OUT / 'sinks.json'}")
+        return 0
+    if args.command == "peers":
+        peers.run(args)
         return 0
     if args.command == "listing":
         return listing_bench.run(args)

@@ -16,7 +16,7 @@ moto renders a ListObjectsV2 page in Python at 1-2 ms a key, on the same cores a
 pages cost far more CPU than S3's and gain little from concurrency; the model keeps only the round trip,
 the part of a real S3 listing that the fan-out overlaps. The moto server is filled in its own process
 through moto's backend (filling 20 000 keys over HTTP would take minutes) and then serves HTTP.
-Writes ``bench/out/listing.json``; docs/benchmarks.md ("Listing rate") has the figures.
+Writes ``bench/out/listing.json``; bench/NOTES.md ("Listing rate") has the figures.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", "
 DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+# What runs the forward pass (labelq.runtimes: one module each, looked up by this name).
+RuntimeName = Literal["torch", "onnx", "onnx-int8", "openvino"]
 
 
 def _split_list(value: Any) -> Any:
@@ -76,6 +78,21 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=100, description="labels kept per record")
     compile: bool = Field(False, description="torch.compile the model (slow start, faster steady state)")
     channels_last: bool = Field(True, description="channels_last memory format for convolutional models")
+    runtime: RuntimeName = Field(
+        "torch", description="what runs the forward pass: torch (any device), onnx or openvino (CPU; exported once per "
+        "model revision, cached beside the model), onnx-int8 (int8 after a parity gate, else fp32)"
+    )
+    int8: bool = Field(False, description="short for LABELQ_RUNTIME=onnx-int8")
+    int8_calibration: Path | None = Field(
+        None, description="folder of typical images (the first 64 by name) the int8 parity gate compares int8 to fp32 "
+        "on; unset: int8 is not used"
+    )
+    int8_min_agreement: float = Field(0.995, ge=0, le=1, description="int8 gate: share of top-1 labels equal to fp32's")
+    int8_max_mean_delta: float = Field(0.01, ge=0, le=1, description="int8 gate: mean |int8 - fp32| of the top-1 score")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "labelq",
+        description="labelq's cache folder: model exports go here when the model's own folder cannot be written",
+    )
 
     # --- pipeline
     fetch_threads: int = Field(16, ge=1, le=512, description="concurrent object fetches")
@@ -239,6 +256,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
+        if self.int8:
+            if self.runtime not in ("torch", "onnx", "onnx-int8") or (
+                    self.runtime == "torch" and "runtime" in self.model_fields_set):
+                raise ValueError(f"LABELQ_INT8 runs ONNX Runtime's int8, not {self.runtime}: leave LABELQ_RUNTIME "
+                                 "unset or set it to onnx")
+            self.runtime = "onnx-int8"
         cores = cpu_cores()
         if self.decode_threads == 0:
             self.decode_threads = cores
@@ -280,7 +303,8 @@ def load_settings(*, flags: dict[str, str] | None = None, **overrides: Any) -> S
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
             name = (flags or {}).get(field) if field in clean else None
-            problems.append(f"{name or 'LABELQ_' + field.upper()}: {err['msg'].removeprefix('Value error, ')}")
+            problems.append(f"{name or 'LABELQ_' + field.upper()}: {msg}" if field else msg)  # a rule across settings names them
         raise UsageError("invalid settings: " + "; ".join(problems)) from None

@@ -27,6 +27,9 @@ import numpy as np
 from .config import Settings
 from .errors import UsageError
 from .images import Geometry
+from .runtimes import ModelSource, Runtime, cache_for, get_runtime
+from .runtimes import resolve_device as resolve_device  # re-exported: callers and tests use labelq.models'
+from .runtimes import resolve_dtype as resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -45,37 +48,6 @@ class Normalise:
     scale: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-
-
-def resolve_device(spec: str) -> Any:
-    """auto → cuda > mps > cpu; an explicit device must exist."""
-    import torch
-
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {spec} asked for, but CUDA is not available here (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"device {spec} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return device
-
-
-def resolve_dtype(spec: str, device: Any) -> Any:
-    """auto: bf16 on GPUs that have it (else fp16), fp32 elsewhere."""
-    import torch
-
-    if spec == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
 
 
 def _resample_name(value: Any) -> str | None:
@@ -167,36 +139,81 @@ def _derive_timm(cfg: dict[str, Any]) -> tuple[Geometry, Normalise] | None:
     return geometry, Normalise(1 / 255, tuple(cfg["mean"]), tuple(cfg["std"]))  # type: ignore[arg-type]
 
 
-class Classifier:
-    """One loaded model on one device, with its preprocessing, ready to predict batches."""
+CALIBRATION_IMAGES = 64  # images of LABELQ_INT8_CALIBRATION the int8 parity gate uses (the first by name)
 
-    def __init__(self, name: str, model: Any, processor: Any, settings: Settings) -> None:
+
+class Classifier:
+    """One loaded model with its preprocessing, run by one runtime, ready to predict batches.
+
+    Preprocessing, normalisation, labels and top-k are the classifier's (from the model's own
+    configs); the forward pass is the runtime's (:mod:`labelq.runtimes`, ``LABELQ_RUNTIME``).
+    """
+
+    def __init__(self, name: str, processor: Any, labels: list[str], settings: Settings, *, runtime: Runtime,
+                 load_model: Any, revision: str | None = None, folder: Path | None = None) -> None:
         import torch
 
         self.name = name
         self.processor = processor
-        self.device = resolve_device(settings.device)
-        if self.device.type == "cpu":
-            # Decode threads share the cores: torch's default of one thread per core oversubscribes them.
-            torch.set_num_threads(settings.torch_threads)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.labels = labels
+        self.revision = revision
         self.top_k = settings.top_k
         derived = derive_preprocessing(processor) if settings.fast_decode else None
         self.geometry: Geometry | None = derived[0] if derived else None
-        norm = derived[1] if derived else None
-        model.eval()
-        model.to(device=self.device, dtype=self.dtype)
-        self.channels_last = settings.channels_last and _is_convolutional(model)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if settings.compile else model
-        id2label = getattr(model.config, "id2label", None) or {}
-        self.labels = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(_num_labels(model))]
-        if norm is not None:
+        self._norm = derived[1] if derived else None
+        c_h_w = self._chw()
+        source = ModelSource(
+            name, revision, cache_for(name, folder, settings), c_h_w, load_model,
+            calibration=(lambda: self._calibration_batch(settings)) if settings.int8_calibration else None,
+        )
+        backend = runtime.load(source, settings)
+        self.runtime = runtime.name
+        self.described = backend.described
+        self.device, self.dtype, self.channels_last = backend.device, backend.dtype, backend.channels_last
+        self.model = backend.model  # the torch module when the runtime loaded one
+        self._forward = backend.forward
+        if self._norm is not None:
+            norm = self._norm
             mean = torch.tensor(norm.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
             std = torch.tensor(norm.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
             self._mul = (norm.scale / std).contiguous()
             self._add = (-mean / std).contiguous()
+
+    def _chw(self) -> tuple[int, int, int]:
+        """(3, H, W) of one normalised input."""
+        if self.geometry is not None:
+            h, w = self.geometry.out_size
+            return (3, h, w)
+        shape = self.input_shape()
+        return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+    def _calibration_batch(self, settings: Settings) -> np.ndarray:
+        """The int8 gate's calibration set: the first images of LABELQ_INT8_CALIBRATION, normalised (N, 3, H, W)."""
+        from .errors import LabelqError
+        from .images import Limits, decode
+
+        folder = settings.int8_calibration
+        assert folder is not None
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in settings.suffixes and p.is_file()) \
+            if folder.is_dir() else []
+        limits = Limits(settings.max_bytes, settings.max_pixels, frozenset(settings.formats))
+        inputs = []
+        for path in files:
+            try:
+                inputs.append(self.prepare(decode(path.read_bytes(), limits)))
+            except (OSError, LabelqError) as exc:
+                logger.info("calibration image %s skipped: %s", path, exc)
+            if len(inputs) == CALIBRATION_IMAGES:
+                break
+        if not inputs:
+            return np.zeros((0, *self._chw()), dtype=np.float32)
+        batch = np.stack(inputs)
+        if batch.dtype != np.uint8:
+            return batch.astype(np.float32, copy=False)
+        assert self._norm is not None
+        mul = (self._norm.scale / np.asarray(self._norm.std, dtype=np.float32)).reshape(1, 3, 1, 1)
+        add = (-np.asarray(self._norm.mean, dtype=np.float32) / np.asarray(self._norm.std, dtype=np.float32))
+        return (batch.transpose(0, 3, 1, 2).astype(np.float32) * mul + add.reshape(1, 3, 1, 1)).astype(np.float32)
 
     @property
     def view(self) -> Geometry | str:
@@ -270,7 +287,7 @@ class Classifier:
                 x = x.permute(0, 3, 1, 2).float().mul_(self._mul).add_(self._add)  # NHWC → NCHW view
             x = x.to(self.dtype)
             x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
-            logits = self.model(pixel_values=x).logits
+            logits = self._forward(x)
             probs = torch.softmax(logits.float(), dim=-1)
             k = min(self.top_k, probs.shape[-1])
             top = torch.topk(probs, k, dim=-1)
@@ -294,7 +311,6 @@ class Classifier:
         return self.prepare(Image.new("RGB", (256, 256))).shape
 
     seconds_per_image: float = 0.0  # measured by warmup(): steady-state model time per image
-    revision: str | None = None  # set by load_classifier(): hub commit or local folder content hash (records carry it)
 
     def warmup(self, batch_size: int) -> float:
         """Run batches of zeros (kernels, allocator, compile); returns seconds of the first.
@@ -312,16 +328,12 @@ class Classifier:
         return first
 
 
-def _num_labels(model: Any) -> int:
-    n = getattr(model.config, "num_labels", None)
-    return int(n) if n else len(getattr(model.config, "id2label", {}) or {})
-
-
-def _is_convolutional(model: Any) -> bool:
-    import torch
-
-    convs = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    return convs > 2  # a ViT has one (the patch embedding)
+def _labels(config: Any) -> list[str]:
+    """Label names by class index, from a model config's id2label (``LABEL_i`` where it names none)."""
+    id2label = getattr(config, "id2label", None) or {}
+    n = getattr(config, "num_labels", None)
+    n = int(n) if n else len(id2label)
+    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
 
 
 def check_model(name: str) -> None:
@@ -348,24 +360,37 @@ def load_classifier(name: str, settings: Settings) -> Classifier:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    runtime = get_runtime(settings.runtime)
     start = time.perf_counter()
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(resolved.load_from, **hub_kwargs)
+        # The config and processor only: a runtime with a cached export never loads the torch weights.
+        config = transformers.AutoConfig.from_pretrained(resolved.load_from, **hub_kwargs)
         processor = transformers.AutoImageProcessor.from_pretrained(resolved.load_from, **hub_kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot load model {name!r}: {first}") from None
-    clf = Classifier(name, model, processor, settings)
-    clf.revision = _loaded_revision(name, model)
+        raise UsageError(f"cannot load model {name!r}: {_first_line(exc)}") from None
+
+    def load_model() -> Any:
+        try:
+            model = transformers.AutoModelForImageClassification.from_pretrained(resolved.load_from, **hub_kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"cannot load model {name!r}: {_first_line(exc)}") from None
+        return model.eval()
+
+    clf = Classifier(name, processor, _labels(config), settings, runtime=runtime, load_model=load_model,
+                     revision=_loaded_revision(name, config), folder=resolved.folder)
     logger.info(
         "loaded %s on %s (%s, %s path) in %.1fs",
         name,
         clf.device,
-        str(clf.dtype).replace("torch.", ""),
+        clf.described,
         "fast" if clf.geometry else "exact",
         time.perf_counter() - start,
     )
     return clf
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # ---------------------------------------------------------------- revisions
@@ -413,8 +438,8 @@ def folder_revision(folder: Path) -> str:
     return _FOLDER_HASHES[key]
 
 
-def _loaded_revision(name: str, model: Any) -> str | None:
+def _loaded_revision(name: str, config: Any) -> str | None:
     """What a loaded model's records name as its revision: the folder hash, else the hub commit."""
     if Path(name).is_dir():
         return folder_revision(Path(name))
-    return getattr(model.config, "_commit_hash", None) or resolve_revision(name)
+    return getattr(config, "_commit_hash", None) or resolve_revision(name)

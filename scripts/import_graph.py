@@ -27,7 +27,7 @@ import grimp
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT / "docs" / "design.md"
 BEGIN, END = "<!-- import-graph: begin -->", "<!-- import-graph: end -->"
-NAMES = ["top", "top", "services", "bottom: work", "bottom: parts", "bottom: base"]
+NAMES = ["top", "top", "services", "bottom: work", "bottom: parts", "bottom: runtimes", "bottom: base"]
 
 
 def house_layers() -> list[list[str]]:

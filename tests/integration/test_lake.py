@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labelq.objects import ObjectRef
 
+from labelq.objects import ObjectRef
 from labelq.records import Record
 from labelq.results import open_store, settled
 from labelq.results.lake import DeltaStore
