@@ -261,7 +261,10 @@ def test_sign_in_open_a_job_filter_by_label_review_and_audit(site: Site, browser
 
     # a record: top-k, etag, worker, time
     uri = cards.first.get_attribute("data-uri")
-    assert str(uri).endswith("/" + cards.first.locator(".uri").inner_text())  # the whole file name, never cut
+    from urllib.parse import unquote
+
+    shown = cards.first.locator(".uri").inner_text()
+    assert unquote(str(uri)).endswith("/" + shown)  # the whole file name (decoded), never cut
     rec = next(r for r in site.records if r.uri == uri and r.model == timm)
     cards.first.locator("a").click()
     fields = page.locator("#record-fields")
