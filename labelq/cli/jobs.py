@@ -92,7 +92,8 @@ def enqueue(
         err.print(
             f"job {result.job}: listed {result.listed}, enqueued {result.enqueued} in {result.chunks} chunks, "
             f"skipped {result.skipped} already labelled"
-            + (f" (resumed after {result.resumed_from})" if result.resumed_from else ""),
+            + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")
+            + (f"; {result.missing} objects without records sent again" if result.missing else ""),
             highlight=False,
         )
     if background:
@@ -270,7 +271,8 @@ def print_job(info: Any, *, producer_stale: bool = False, older: dict[str, int] 
         ("objects listed", str(info.listed) + ("" if info.total is not None else " (listing)")),
         ("total", "-" if info.total is None else str(info.total)),
         ("skipped (already labelled)", str(info.skipped)),
-        ("chunks", f"{info.chunks_done} of {info.chunks} done"),
+        ("chunks", f"{info.chunks_done} of {info.chunks} done"
+                   + (f", republished {info.republished} (lost by the broker)" if info.republished else "")),
         ("records ok", str(info.ok)),
         ("records failed", str(info.error)),
         ("objects done", f"{info.processed // n_models}"),
@@ -316,8 +318,8 @@ def retry(
     job: Annotated[str, typer.Argument(help="job id")],
     wait: Annotated[bool, typer.Option(help="show progress and return when the retried objects are done")] = False,
 ) -> None:
-    """Re-run a job's dead-lettered chunks and its objects that failed with a retryable kind
-    (storage_error, model_error, access_denied)."""
+    """Re-run a job's dead-lettered chunks and every object whose records are missing or failed with a
+    retryable kind (storage_error, model_error, access_denied), as the record store says."""
     from ..producer import retry as do_retry
     from ..services import open_services
 
@@ -326,7 +328,8 @@ def retry(
     services = open_services(settings)
     services.job(job)
     n = do_retry(job, settings, app=services.app, book=services.book, store=services.records)
-    err.print(f"job {job}: re-enqueued {n} objects (dead-lettered chunks and retryable failures)", highlight=False)
+    err.print(f"job {job}: re-enqueued {n} objects (dead-lettered chunks, objects without records and retryable "
+              "failures)", highlight=False)
     if wait and n:
         raise typer.Exit(_exit_code(follow(services.book, job), False))
 

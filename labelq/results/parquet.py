@@ -125,7 +125,8 @@ class ParquetStore:
     def __init__(self, files: Files, *, url: str = "") -> None:
         self.files = files
         self.url = url
-        self._index: dict[str, tuple[list[str], list[str], list[_Part]]] = {}  # model → (lows, reach, parts)
+        # (model, job or None for every job) → (lows, reach, parts)
+        self._index: dict[tuple[str, str | None], tuple[list[str], list[str], list[_Part]]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, s3_client: Any = None, settings: Any = None, **_: Any) -> ParquetStore:
@@ -223,13 +224,14 @@ class ParquetStore:
 
     # ------------------------------------------------------------------ across jobs
 
-    def _model_index(self, model: str) -> tuple[list[str], list[str], list[_Part]]:
-        """The model's files across jobs, sorted by smallest uri, with a running max of the largest."""
-        if model not in self._index:
+    def _model_index(self, model: str, job: str | None = None) -> tuple[list[str], list[str], list[_Part]]:
+        """The model's files across jobs (or of one job), sorted by smallest uri, with a running max of the largest."""
+        if (model, job) not in self._index:
             import pyarrow.parquet as pq
 
             parts: list[_Part] = []
-            for job_dir in self.files.subdirs(""):
+            job_dirs = self.files.subdirs("") if job is None else [f"job={_q(job)}/"]
+            for job_dir in job_dirs:
                 if not job_dir.startswith("job="):
                     continue
                 for key in self.files.ls(f"{job_dir}model={_q(model)}/"):
@@ -243,8 +245,8 @@ class ParquetStore:
             reach: list[str] = []
             for part in parts:
                 reach.append(max(reach[-1], part.high) if reach else part.high)
-            self._index[model] = ([p.low for p in parts], reach, parts)
-        return self._index[model]
+            self._index[(model, job)] = ([p.low for p in parts], reach, parts)
+        return self._index[(model, job)]
 
     def refresh(self) -> None:
         """Forget the file index: the next get_many lists the dataset again."""
@@ -253,6 +255,14 @@ class ParquetStore:
     def get_many(self, model: str, uris: Sequence[str]) -> dict[str, Record]:
         """The newest record of each of these objects for ``model`` across jobs: reads only the files whose
         uri range overlaps the group's, filtered to these uris (pyarrow compute, before any Record is made)."""
+        return self._lookup(model, uris, None)
+
+    def job_get_many(self, job: str, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """This job's record of each of these objects for ``model`` (its partition only; the file index of
+        the job is read once per store: :meth:`refresh` forgets it)."""
+        return self._lookup(model, uris, job)
+
+    def _lookup(self, model: str, uris: Sequence[str], job: str | None) -> dict[str, Record]:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -260,7 +270,7 @@ class ParquetStore:
         wanted = sorted(set(uris))
         if not wanted:
             return {}
-        lows, reach, parts = self._model_index(model)
+        lows, reach, parts = self._model_index(model, job)
         lo, hi = wanted[0], wanted[-1]
         candidates = []
         i = bisect.bisect_right(lows, hi) - 1
