@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     )
     chunk_retry_delay: float = Field(2.0, ge=0, description="seconds before a failed chunk's 2nd attempt; doubles each attempt (cap 5 min)")
     chunk_deadline: float = Field(
-        300.0, ge=5, description="seconds a chunk in flight may go unseen (not waiting in the broker's queue, not held by "
+        300.0, ge=1, description="seconds a chunk in flight may go unseen (not waiting in the broker's queue, not held by "
         "a live worker) before the heal publishes it again"
     )
     heal_interval: float = Field(
