@@ -121,8 +121,8 @@ def test_redis_restarted_empty_mid_job_then_the_same_enqueue_again_labels_every_
         request: pytest.FixtureRequest) -> None:
     server = redis_factory()  # no AOF, no RDB: a restart comes back empty
     results = request.getfixturevalue("postgres_url") if records == "postgresql" else server.url
-    paths = photos(tmp_path / "in", photo_bytes[:48])
-    env = env_of(server.url, slow_vit, tmp_path, results_url=results, chunks_in_flight=1)
+    paths = photos(tmp_path / "in", photo_bytes[:24])
+    env = env_of(server.url, slow_vit, tmp_path, results_url=results, chunks_in_flight=1, batch_size=2)
     worker = procs.worker(env)
     args = ["enqueue", str(tmp_path / "in"), "--job", "W"]
     cli(args, env, cwd=tmp_path).check()
