@@ -10,7 +10,9 @@ key                                         type    holds
                                                     finished_at, total, expected, listed, enqueued,
                                                     skipped, chunks, chunks_done, ok, error, dead,
                                                     cursor (where listing resumes), producer_at,
-                                                    progress_at (last record written)
+                                                    progress_at (last record written), republished
+                                                    (chunks the heal published again); state is
+                                                    listing, running, verifying, done or failed
 ``labelq:job:{job}:errors``                 hash    error kind → count of failed (uri, model) pairs
 ``labelq:job:{job}:failed``                 hash    ``{model}\t{uri}`` → ``{kind}\t{chunk}\t{etag}\t{message}``:
                                                     the failures (``status --errors``, ``retry``)
