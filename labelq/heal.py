@@ -233,11 +233,21 @@ def heal_round(settings: Settings, *, app: Any, book: JobBook, store: Any,
             book.hold([(j, c) for j, cs in overdue.items() for c in cs if c not in lost.get(j, [])],
                       settings.chunk_deadline)
     for job in to_verify:
+        if time.monotonic() < _not_before.get(job, 0.0):
+            continue
         try:
             report.verified.append(verify(job, settings, app=app, book=book, store=store, tick=tick))
+            _not_before.pop(job, None)
         except Exception as exc:  # noqa: BLE001 - one job's source out of reach must not stop the others
-            logger.warning("job %s: cannot verify against its records now: %s: %s", job, type(exc).__name__, exc)
+            _not_before[job] = time.monotonic() + VERIFY_BACKOFF_S
+            logger.warning("job %s: cannot verify against its records now (%s: %s); trying again in %.0fs, or run "
+                           "the same `labelq enqueue` where its source can be read", job, type(exc).__name__, exc,
+                           VERIFY_BACKOFF_S)
     return report
+
+
+VERIFY_BACKOFF_S = 300.0  # a job whose source this worker cannot list is tried again this much later
+_not_before: dict[str, float] = {}  # job → monotonic time before which this process does not verify it again
 
 
 def _republish(settings: Settings, app: Any, book: JobBook, job: str, chunk: str) -> bool:
