@@ -132,6 +132,8 @@ def verify(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: A
     if failed:
         book.forget(job_id, failed)  # out of `status --errors`: they are being redone
     complete = not todo and not out.waiting
+    if complete and info.state in ("done", "failed"):
+        return out  # verified before and nothing to redo (objects removed from the source since keep their count)
     out.state = book.settle(job_id, ok=out.ok, error=out.error, expected=out.listed * len(models), complete=complete)
     for start in range(0, len(todo), settings.chunk_size):  # after the settle: these chunks count themselves
         part = todo[start : start + settings.chunk_size]
