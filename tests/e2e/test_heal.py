@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from labelq import keys
 from tests.e2e.conftest import job_hash
 from tests.procs import Procs, by_key, cli, labelq_env, queue_length, read_jsonl, wait_until
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +79,8 @@ def test_a_queue_purged_mid_job_is_published_again_and_the_job_ends_done(
         redis_url: str, redis_client: Any, procs: Procs, slow_vit: Path, photo_bytes: list[bytes],
         tmp_path: Path) -> None:
     paths = photos(tmp_path / "in", photo_bytes[:64])
-    env = env_of(redis_url, slow_vit, tmp_path, chunks_in_flight=1)
+    port = free_port()
+    env = env_of(redis_url, slow_vit, tmp_path, chunks_in_flight=1, metrics_port=port)
     procs.worker(env)
     producer = procs.spawn(["enqueue", str(tmp_path / "in"), "--job", "P", "--wait"], env, name="producer")
     wait_ok(redis_client, "P", CHUNK)
@@ -90,6 +93,9 @@ def test_a_queue_purged_mid_job_is_published_again_and_the_job_ends_done(
     exactly_once(env, "P", tmp_path, paths, slow_vit)
     shown = cli(["status", "P"], env, cwd=tmp_path).check().stdout
     assert f"republished {purged}" in " ".join(shown.split())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        scraped = resp.read().decode()
+    assert f"labelq_chunks_republished_total {float(purged)}" in scraped
 
 
 def test_a_message_lost_between_brpop_and_unacked_is_published_again(
