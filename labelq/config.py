@@ -152,6 +152,14 @@ class Settings(BaseSettings):
         5, ge=1, le=100, description="attempts of a chunk that fails as a whole (model load, store down) before it is dead-lettered"
     )
     chunk_retry_delay: float = Field(2.0, ge=0, description="seconds before a failed chunk's 2nd attempt; doubles each attempt (cap 5 min)")
+    chunk_deadline: float = Field(
+        300.0, ge=1, description="seconds a chunk in flight may go unseen (not waiting in the broker's queue, not held by "
+        "a live worker) before the heal publishes it again"
+    )
+    heal_interval: float = Field(
+        10.0, ge=0, description="seconds between a worker's heal rounds (deadlines of chunks in hand pushed on, lost "
+        "chunks published again, complete jobs verified against the records); 0 = off"
+    )
     stall_timeout: float = Field(
         300.0, gt=0, description="seconds `--wait` waits with no chunk started or record written before it gives up"
     )
@@ -267,6 +275,10 @@ class Settings(BaseSettings):
             self.decode_threads = cores
         if self.torch_threads == 0:
             self.torch_threads = max(1, cores // 2)
+        if self.heal_interval and self.chunk_deadline < 3 * self.heal_interval:
+            raise ValueError(f"LABELQ_CHUNK_DEADLINE ({self.chunk_deadline:g}s) must be at least 3 x "
+                             f"LABELQ_HEAL_INTERVAL ({self.heal_interval:g}s): workers push the deadlines of the "
+                             "chunks they hold on once a heal interval")
         return self
 
     @property

@@ -1,7 +1,11 @@
 """Job bookkeeping in Redis: state, exact totals, failures and dead letters, at O(chunks in flight).
 
-A job is opened (or resumed) by the producer, fed chunk by chunk, and finished when every
-(object, model) it listed has a record or sits in a dead-lettered chunk. Counting is per
+A job is opened (or resumed) by the producer and fed chunk by chunk. Its counters are a view:
+when they say every (object, model) it listed has a record or sits in a dead-lettered chunk, or
+when nothing of it is in flight any more, it goes to ``verifying``, and only the verification
+against the record store (:mod:`labelq.heal`) makes it ``done`` or ``failed``. Every chunk
+published is in flight (``labelq:job:{job}:inflight``, with a deadline and its payload) until it
+is done or parked, so a chunk the broker lost is published again (:mod:`labelq.heal`). Counting is per
 chunk: each chunk in flight holds two bits per (object, model) (none / ok / error), so a
 redelivered or duplicated chunk rewrites its own bits and moves no counter twice; the bits
 are dropped when the chunk is done. Successes are only counted; failures are listed (they
@@ -29,16 +33,19 @@ logger = logging.getLogger(__name__)
 
 # Shared by the scripts: the job hash is KEYS[1]; other job keys are built from ARGV[1] (its prefix).
 _FINISH = """
+-- Counters are a view: when they say the job is complete, or nothing of it is in flight any more,
+-- the job goes to 'verifying'; only the verification against the record store (labelq.heal) makes it
+-- 'done' or 'failed'.
 local function finish(job, now)
   local st = redis.call('HGET', job, 'state')
-  if st == 'done' or st == 'failed' or st == 'listing' then return end
+  if st ~= 'running' then return end
   local expected = tonumber(redis.call('HGET', job, 'expected') or '-1')
   if expected < 0 then return end
   local nok = tonumber(redis.call('HGET', job, 'ok') or '0')
   local nerr = tonumber(redis.call('HGET', job, 'error') or '0')
   local dead = tonumber(redis.call('HGET', job, 'dead') or '0')
-  if nok + nerr + dead >= expected then
-    redis.call('HSET', job, 'state', dead > 0 and 'failed' or 'done', 'finished_at', now)
+  if nok + nerr + dead >= expected or redis.call('ZCARD', job .. ':inflight') == 0 then
+    redis.call('HSET', job, 'state', 'verifying')
   end
 end
 """
@@ -48,6 +55,11 @@ end
 _RECORD_LUA = _FINISH + """
 local job, prefix, ttl, now, n = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local errors, failed, done = prefix .. ':errors', prefix .. ':failed', prefix .. ':chunks-done'
+local state = redis.call('HGET', job, 'state')
+if state == 'done' or state == 'failed' then
+  -- verified against the records: a late copy rewrites the same records and moves no counter
+  return {tonumber(redis.call('HGET', job, 'ok') or '0'), tonumber(redis.call('HGET', job, 'error') or '0')}
+end
 local dok, derr, i = 0, 0, 5
 local function kindof(info) return string.match(info, '^([^\\t]*)') end
 local touched, open = {}, {}
@@ -86,6 +98,15 @@ for r = 1, n do
 end
 local nok = redis.call('HINCRBY', job, 'ok', dok)
 local nerr = redis.call('HINCRBY', job, 'error', derr)
+local expected = tonumber(redis.call('HGET', job, 'expected') or '-1')
+local dead = tonumber(redis.call('HGET', job, 'dead') or '0')
+if expected >= 0 and nok + nerr + dead > expected then
+  -- the same object in two chunk ids (a republish, a copy from before a Redis loss): the counters never
+  -- pass the total; the verification (labelq.heal) sets them from the records
+  nok = math.max(0, expected - nerr - dead)
+  nerr = expected - dead - nok
+  redis.call('HSET', job, 'ok', nok, 'error', nerr)
+end
 redis.call('HSET', job, 'progress_at', now)
 finish(job, now)
 if ttl > 0 then
@@ -100,13 +121,18 @@ _CHUNK_DONE_LUA = _FINISH + """
 local job, prefix, chunk, ttl, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local done = prefix .. ':chunks-done'
 redis.call('ZREM', KEYS[2], chunk)
-if redis.call('SADD', done, chunk) == 1 then
-  redis.call('HINCRBY', job, 'chunks_done', 1)
+local held = redis.call('ZREM', prefix .. ':inflight', chunk)
+redis.call('HDEL', prefix .. ':payload', chunk)
+if redis.call('SADD', done, chunk) == 1 or held == 1 then
+  -- a chunk counts once, and never past the chunks published (a copy from before a Redis loss does not)
+  if tonumber(redis.call('HGET', job, 'chunks_done') or '0') < tonumber(redis.call('HGET', job, 'chunks') or '0') then
+    redis.call('HINCRBY', job, 'chunks_done', 1)
+  end
 end
 redis.call('DEL', prefix .. ':chunk:' .. chunk)
 if ttl > 0 then redis.call('EXPIRE', done, ttl) end
 finish(job, now)
-return 1
+return redis.call('HGET', job, 'state') or ''
 """
 
 # KEYS: job, waiting zset. ARGV: prefix, chunk, payload (JSON), items in the chunk, ttl, now.
@@ -114,6 +140,8 @@ return 1
 _PARK_LUA = _FINISH + """
 local job, prefix, chunk, payload, items, ttl, now = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 redis.call('ZREM', KEYS[2], chunk)
+redis.call('ZREM', prefix .. ':inflight', chunk)
+redis.call('HDEL', prefix .. ':payload', chunk)
 if redis.call('SISMEMBER', prefix .. ':chunks-done', chunk) == 1 then return 0 end
 local dead = prefix .. ':dead'
 if redis.call('HEXISTS', dead, chunk) == 1 then return 0 end
@@ -233,6 +261,31 @@ finish(KEYS[1], ARGV[3])
 return redis.call('HGET', KEYS[1], 'state')
 """
 
+# KEYS: job, active set. ARGV: ok, error, expected (-1: keep), complete (0/1), now, job id.
+# The verification counted the job's records: the counters become that count. Complete (every listed
+# object has its records, or sits in a dead-lettered chunk): the job is done (failed with dead letters)
+# and its in-flight bookkeeping goes. A producer listing the job decides later.
+_SETTLE_LUA = """
+local job = KEYS[1]
+local st = redis.call('HGET', job, 'state')
+if not st or st == 'listing' then return st or '' end
+redis.call('HSET', job, 'ok', ARGV[1], 'error', ARGV[2])
+if tonumber(ARGV[3]) >= 0 then redis.call('HSET', job, 'expected', ARGV[3]) end
+if ARGV[4] == '1' then
+  local dead = tonumber(redis.call('HGET', job, 'dead') or '0')
+  st = dead > 0 and 'failed' or 'done'
+  redis.call('HSET', job, 'state', st, 'finished_at', ARGV[5])
+  if st == 'done' then redis.call('HSET', job, 'chunks_done', redis.call('HGET', job, 'chunks') or '0') end
+  redis.call('DEL', job .. ':inflight', job .. ':payload')
+  redis.call('SREM', KEYS[2], ARGV[6])
+else
+  st = 'running'
+  redis.call('HSET', job, 'state', st)
+  redis.call('HDEL', job, 'finished_at')
+end
+return st
+"""
+
 _RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -288,6 +341,7 @@ class JobInfo:
     error: int = 0
     dead: int = 0
     dead_chunks: int = 0
+    republished: int = 0
     cursor: str = ""
     producer_at: float | None = None
     progress_at: str | None = None
@@ -326,6 +380,7 @@ class JobInfo:
             error=num("error") or 0,
             dead=num("dead") or 0,
             dead_chunks=dead_chunks,
+            republished=num("republished") or 0,
             cursor=raw.get("cursor", ""),
             producer_at=float(raw["producer_at"]) if raw.get("producer_at") else None,
             progress_at=raw.get("progress_at"),
@@ -359,6 +414,7 @@ class JobBook:
         self._reserve = redis.register_script(_RESERVE_LUA)
         self._trim_waiting = redis.register_script(_TRIM_WAITING_LUA)
         self._finish = redis.register_script(_FINISH_LISTING_LUA)
+        self._settle = redis.register_script(_SETTLE_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
 
@@ -373,6 +429,7 @@ class JobBook:
                                           "ok": 0, "error": 0, "dead": 0, "cursor": ""})
             self.redis.zadd(keys.JOBS, {job_id: time.time()})
             self._expire(key)
+        self.redis.sadd(keys.ACTIVE, job_id)
         info = self.info(job_id)
         assert info is not None
         if not created and (info.source != source or info.models != list(models)):
@@ -455,12 +512,25 @@ class JobBook:
 
     # ---------------------------------------------------------------- worker side
 
-    def started(self, job_id: str, chunk: str) -> bool:
-        """A worker took the chunk: it no longer waits. True when the chunk was already labelled."""
+    def started(self, job_id: str, chunk: str, deadline_s: float | None = None) -> bool:
+        """A worker took the chunk: it no longer waits, and (``deadline_s``) its deadline moves on.
+        True when the chunk was marked done (a duplicate, or a copy of a chunk whose records a Redis
+        loss may have taken: the caller checks the record store)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(keys.CHUNKS, chunk)
         pipe.sismember(keys.job_chunks_done(job_id), chunk)
+        if deadline_s is not None:
+            pipe.zadd(keys.job_inflight(job_id), {chunk: time.time() + deadline_s}, xx=True)
         return bool(pipe.execute()[1])
+
+    def hold(self, held: Sequence[tuple[str, str]], deadline_s: float) -> None:
+        """A live worker's heartbeat for the (job, chunk) pairs in its hands: their deadlines move on."""
+        if not held:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, chunk in held:
+            pipe.zadd(keys.job_inflight(job_id), {chunk: time.time() + deadline_s}, xx=True)
+        pipe.execute()
 
     def record(self, job_id: str, items: Sequence[tuple[str, int, Record]]) -> tuple[int, int]:
         """Count (chunk, position, record) items into the job, each (chunk, position) once.
@@ -475,9 +545,12 @@ class JobBook:
         nok, nerr = self._record(keys=[keys.job(job_id)], args=args)
         return int(nok), int(nerr)
 
-    def chunk_done(self, job_id: str, chunk: str) -> None:
-        """Every record of the chunk is written: its bits go, and a duplicate of it is skipped."""
-        self._chunk_done(keys=[keys.job(job_id), keys.CHUNKS], args=[keys.job(job_id), chunk, self.ttl, utcnow()])
+    def chunk_done(self, job_id: str, chunk: str) -> str:
+        """Every record of the chunk is written: its bits go, and a duplicate of it is skipped. Returns the
+        job's state (``verifying``: the counters say it is complete; the heal checks the records)."""
+        state = self._chunk_done(keys=[keys.job(job_id), keys.CHUNKS],
+                                 args=[keys.job(job_id), chunk, self.ttl, utcnow()])
+        return state.decode() if isinstance(state, bytes) else str(state or "")
 
     def park(self, job_id: str, chunk: str, payload: dict[str, Any], items: int) -> int:
         """Dead-letter a chunk that failed every attempt; returns how many (object, model) pairs it left undone."""
@@ -488,7 +561,10 @@ class JobBook:
 
     def unpark(self, job_id: str) -> list[dict[str, Any]]:
         """Take every dead-lettered chunk out of the job (to publish it again)."""
-        return [json.loads(p) for p in self._unpark(keys=[keys.job(job_id)], args=[keys.job(job_id)])]
+        out = [json.loads(p) for p in self._unpark(keys=[keys.job(job_id)], args=[keys.job(job_id)])]
+        if out:
+            self.redis.sadd(keys.ACTIVE, job_id)
+        return out
 
     def forget(self, job_id: str, items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Take failed (model, uri) items out of the job's counts; returns those that were there."""
@@ -496,7 +572,77 @@ class JobBook:
         if not fields:
             return []
         gone = self._forget(keys=[keys.job(job_id)], args=[keys.job(job_id), *fields])
+        if gone:
+            self.redis.sadd(keys.ACTIVE, job_id)
         return [keys.split_item(f) for f in gone]
+
+    # ---------------------------------------------------------------- chunks in flight (the heal's view)
+
+    def register(self, job_id: str, chunk: str, refs: Sequence[Any], models: Sequence[str],
+                 deadline_s: float) -> None:
+        """A chunk is about to be published: it is in flight until done or parked, with a deadline and
+        what to publish again (``refs`` as in the message) should the broker lose it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.job_inflight(job_id), {chunk: time.time() + deadline_s})
+        pipe.hset(keys.job_payloads(job_id), chunk, json.dumps({"refs": list(refs), "models": list(models)}))
+        pipe.sadd(keys.ACTIVE, job_id)
+        if self.ttl:
+            pipe.expire(keys.job_inflight(job_id), self.ttl)
+            pipe.expire(keys.job_payloads(job_id), self.ttl)
+        pipe.execute()
+
+    def in_flight(self, job_id: str) -> int:
+        return int(self.redis.zcard(keys.job_inflight(job_id)))
+
+    def overdue(self, job_id: str, now: float | None = None) -> list[str]:
+        """Chunks of the job whose deadline has passed (nobody pushed it on)."""
+        found = self.redis.zrangebyscore(keys.job_inflight(job_id), "-inf", now if now is not None else time.time())
+        return [c.decode() if isinstance(c, bytes) else c for c in found]
+
+    def payload(self, job_id: str, chunk: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.job_payloads(job_id), chunk)
+        return json.loads(raw) if raw else None
+
+    def in_flight_uris(self, job_id: str) -> set[str]:
+        """URIs of every chunk of the job in flight: O(chunks in flight x chunk size), bounded by the queue."""
+        uris: set[str] = set()
+        for _, raw in self.redis.hscan_iter(keys.job_payloads(job_id), count=100):
+            uris.update(r[0] for r in json.loads(raw)["refs"])
+        return uris
+
+    def republished(self, job_id: str, chunk: str, deadline_s: float) -> None:
+        """The heal published a lost chunk again: a new deadline, and the job counts it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.job_inflight(job_id), {chunk: time.time() + deadline_s}, xx=True)
+        pipe.hincrby(keys.job(job_id), "republished", 1)
+        pipe.execute()
+
+    def added_chunks(self, job_id: str, n: int) -> None:
+        """The verification published n chunks of objects without records."""
+        self.redis.hincrby(keys.job(job_id), "chunks", n)
+
+    def settle(self, job_id: str, *, ok: int, error: int, expected: int, complete: bool) -> str:
+        """The verification's count of the job's records becomes its counters; complete: done (or failed)."""
+        out = self._settle(keys=[keys.job(job_id), keys.ACTIVE],
+                           args=[ok, error, expected, int(complete), utcnow(), job_id])
+        return out.decode() if isinstance(out, bytes) else str(out or "")
+
+    def active(self) -> list[str]:
+        """Jobs not finished: the heal looks at these."""
+        return sorted(j.decode() if isinstance(j, bytes) else j for j in self.redis.smembers(keys.ACTIVE))
+
+    def forget_job(self, job_id: str) -> None:
+        """A job whose state is gone (expired, Redis lost it) leaves the heal's rounds."""
+        self.redis.srem(keys.ACTIVE, job_id)
+
+    def heal_lock(self, token: str, ttl_s: float) -> bool:
+        """One worker heals at a time: True when this one holds (or renewed) the lock."""
+        if self.redis.set(keys.HEAL_LOCK, token, nx=True, px=int(ttl_s * 1000)):
+            return True
+        return bool(self._renew(keys=[keys.HEAL_LOCK], args=[token, int(ttl_s * 1000)]))
+
+    def heal_unlock(self, token: str) -> None:
+        self._release(keys=[keys.HEAL_LOCK], args=[token])
 
     # ---------------------------------------------------------------- readers
 

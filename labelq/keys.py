@@ -10,7 +10,9 @@ key                                         type    holds
                                                     finished_at, total, expected, listed, enqueued,
                                                     skipped, chunks, chunks_done, ok, error, dead,
                                                     cursor (where listing resumes), producer_at,
-                                                    progress_at (last record written)
+                                                    progress_at (last record written), republished
+                                                    (chunks the heal published again); state is
+                                                    listing, running, verifying, done or failed
 ``labelq:job:{job}:errors``                 hash    error kind → count of failed (uri, model) pairs
 ``labelq:job:{job}:failed``                 hash    ``{model}\t{uri}`` → ``{kind}\t{chunk}\t{etag}\t{message}``:
                                                     the failures (``status --errors``, ``retry``)
@@ -23,10 +25,17 @@ key                                         type    holds
 ``labelq:job:{job}:skips``                  set     ids of groups of already-labelled objects counted
                                                     into the job (a relisted group counts once)
 ``labelq:job:{job}:producer``               string  the listing lease: one producer lists a job at a time
+``labelq:job:{job}:inflight``               zset    chunk id → deadline (unix seconds) of every chunk
+                                                    published and not yet done or parked; a worker
+                                                    holding it pushes the deadline on (heartbeat)
+``labelq:job:{job}:payload``                hash    chunk id → JSON (refs, models) of a chunk in flight:
+                                                    what the heal publishes again (deleted when done)
 ``labelq:job:{job}:rec:{model}``            hash    uri → the job's record (Redis record store only)
 ``labelq:rec:{model}``                      hash    uri → latest record across jobs (Redis record store
                                                     only): reruns skip what is here with the same etag
 ``labelq:jobs``                             zset    job id → created time (unix seconds)
+``labelq:active``                           set     ids of jobs not yet done or failed (the heal's rounds)
+``labelq:heal``                             string  the heal lock: one worker heals at a time (expires)
 ``labelq:chunks``                           zset    chunk id → enqueue time while it waits for a worker:
                                                     the queue bound (LABELQ_MAX_QUEUED_CHUNKS) and the
                                                     oldest waiting chunk's age
@@ -73,6 +82,8 @@ REVIEW = PREFIX + "review:"  # the review store (labelq.reviews) keeps its keys 
 REVIEW_MIGRATED = REVIEW + "migrated"
 CONSOLE = PREFIX + "console:"  # console sessions and sign-in throttling
 CHUNKS = PREFIX + "chunks"
+ACTIVE = PREFIX + "active"
+HEAL_LOCK = PREFIX + "heal"
 SEP = "\t"  # between model and uri in a job's item field (hub ids and URIs never hold a tab)
 
 
@@ -114,6 +125,14 @@ def job_skips(job_id: str) -> str:
 
 def job_producer(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:producer"
+
+
+def job_inflight(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:inflight"
+
+
+def job_payloads(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:payload"
 
 
 def job_errors(job_id: str) -> str:

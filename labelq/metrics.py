@@ -37,6 +37,8 @@ class Metrics:
         self.model_load = Gauge("labelq_model_load_seconds", "Seconds to load and warm up a model", ["model"],
                                 registry=self.registry)
         self.chunks = Counter("labelq_chunks", "Chunks finished by this worker", registry=self.registry)
+        self.republished = Counter("labelq_chunks_republished", "Chunks past their deadline that the broker no longer "
+                                   "held (lost), published again by this worker's heal", registry=self.registry)
         self.chunk_failures = Counter("labelq_chunk_failures", "Chunks that failed as a whole on this worker, by what "
                                       "happened next (retried, dead_lettered)", ["outcome"], registry=self.registry)
 

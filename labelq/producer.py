@@ -25,7 +25,7 @@ from typing import Any
 
 from . import keys
 from .config import Settings, redact
-from .errors import RETRYABLE_KINDS, SourceError, UsageError
+from .errors import SourceError, UsageError
 from .jobs import JobBook, JobInfo, chunk_id, new_job_id
 from .objects import ObjectRef, Stores
 from .results import settled
@@ -46,6 +46,7 @@ class EnqueueResult:
     chunks: int
     resumed_from: int
     state: str  # the job's state, or "busy" (another producer holds the listing)
+    missing: int = 0  # objects the verification found without records and published again
 
 
 class QueueFull(Exception):
@@ -170,6 +171,7 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
             # it died: publish (again); a second copy has the same task id and runs once (JobBook.started).
             if _reserve(book, job_id, cid, settings, token, wait_for_room, app=app) in ("ok", "waiting"):
                 try:
+                    book.register(job_id, cid, [r.to_json() for r in todo], models, settings.chunk_deadline)
                     publish(app, settings, job_id, todo, models, cid, priority)
                 except BaseException:
                     book.unreserve(cid)
@@ -189,7 +191,15 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
             raise UsageError(f"job {job_id}: lost the listing lease (another producer took over); this one stops")
     state = book.finish_listing(job_id, listed, len(models))
     logger.info("job %s: listed %d, enqueued %d in %d chunks, skipped %d", job_id, listed, sent, chunks, skipped)
-    return EnqueueResult(job_id, listed, sent, skipped, chunks, resumed_from, state)
+    missing = 0
+    if state == "verifying" or info.total is not None:
+        # Complete by the counters, or a resume of a job listed before: the records decide what is left
+        # (a chunk the broker or a Redis restart lost is published again here; what is in flight is not).
+        from .heal import verify
+
+        checked = verify(job_id, settings, app=app, book=book, store=store)
+        state, missing = checked.state, checked.missing
+    return EnqueueResult(job_id, listed, sent, skipped, chunks, resumed_from, state, missing)
 
 
 def _revisions(models: Sequence[str]) -> dict[str, str | None]:
@@ -245,37 +255,26 @@ def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: st
         delay = min(delay * 2, 2.0)
 
 
-def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: Any,
-          kinds: Sequence[str] = tuple(sorted(RETRYABLE_KINDS))) -> int:
-    """Re-run a job's dead-lettered chunks and re-enqueue its objects that failed with a retryable kind.
+def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: Any) -> int:
+    """Re-run a job's dead-lettered chunks, then publish again every object whose records are missing or
+    failed with a retryable kind (``RETRYABLE_KINDS``), as the record store says (not Redis' failure list,
+    which a Redis loss may have emptied). Returns how many objects were sent again."""
+    from .heal import verify
 
-    Returns how many objects were sent again.
-    """
     info = book.info(job_id)
     if info is None:
-        raise UsageError(f"no such job: {job_id}")
+        raise UsageError(f"no such job: {job_id} (its state is gone: `labelq enqueue SOURCE --job {job_id}` again "
+                         "labels what its records lack)")
+    if info.total is None:
+        raise UsageError(f"job {job_id} is still being listed: run the same `labelq enqueue` again to resume it")
     sent = 0
     for doc in book.unpark(job_id):
         refs = [ObjectRef.from_json(r) for r in doc["refs"]]
         book.reserve(job_id, doc["chunk"], 0)
+        book.register(job_id, doc["chunk"], doc["refs"], doc["models"], settings.chunk_deadline)
         publish(app, settings, job_id, refs, doc["models"], doc["chunk"])
         sent += len(refs)
-    wanted = set(kinds)
-    failed: dict[str, ObjectRef] = {}
-    for f in book.failures(job_id):
-        if f.kind in wanted:
-            failed.setdefault(f.uri, ObjectRef(f.uri, None, f.etag))
-    if failed:
-        # The whole object is relabelled with every model of the job (one decode serves them all).
-        gone = book.forget(job_id, [(m, uri) for uri in failed for m in info.models])
-        refs = [failed[uri] for uri in dict.fromkeys(uri for _, uri in gone)]
-        attempt = int(book.redis.hincrby(f"labelq:job:{job_id}", "retries", 1))
-        for start in range(0, len(refs), settings.chunk_size):
-            group = refs[start : start + settings.chunk_size]
-            cid = chunk_id(f"{job_id}:retry-{attempt}", info.models, [r.uri for r in group])
-            book.reserve(job_id, cid, 0)
-            publish(app, settings, job_id, group, info.models, cid)
-        sent += len(refs)
+    sent += verify(job_id, settings, app=app, book=book, store=store, retryable=True).missing
     if sent:
         logger.info("job %s: re-enqueued %d objects", job_id, sent)
     return sent

@@ -86,6 +86,52 @@ class Runtime:
             self.classifier(model)
         if self.classifiers:
             check_visibility(settings, sum(c.seconds_per_image for c in self.classifiers.values()))
+        self._in_hand: dict[tuple[str, str], int] = {}  # (job, chunk) → tasks on it: their deadlines move on
+        self._hand_lock = threading.Lock()
+        self.healer: Any = None
+
+    def start_healer(self) -> None:
+        """The heal thread (labelq.heal): heartbeats for the chunks in hand, heal rounds under the lock."""
+        if self.healer is not None or not self.settings.heal_interval:
+            return
+        from .heal import Healer
+
+        def republished(n: int) -> None:
+            if self.metrics is not None:
+                self.metrics.republished.inc(n)
+
+        self.healer = Healer(self.settings, app=self.services.app, book=self.book, store=self.records,
+                             name=self.name, in_hand=self.held, on_republish=republished).start()
+
+    def held(self) -> list[tuple[str, str]]:
+        with self._hand_lock:
+            return list(self._in_hand)
+
+    def take(self, job: str, chunk: str) -> None:
+        with self._hand_lock:
+            self._in_hand[(job, chunk)] = self._in_hand.get((job, chunk), 0) + 1
+
+    def drop(self, job: str, chunk: str) -> None:
+        with self._hand_lock:
+            left = self._in_hand.pop((job, chunk), 1) - 1
+            if left > 0:
+                self._in_hand[(job, chunk)] = left
+
+    def recorded(self, job: str, uris: list[str], models: list[str]) -> set[tuple[str, str]]:
+        """(uri, model) pairs the job has a record for in the record store (the truth)."""
+        out: set[tuple[str, str]] = set()
+        for model in models:
+            out.update((uri, model) for uri in self.records.job_get_many(job, model, uris))
+        return out
+
+    def _recorded_for(self, records: list[Any]) -> set[tuple[str, str]]:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for rec in records:
+            groups.setdefault((rec.job or "", rec.model), []).append(rec.uri)
+        out: set[tuple[str, str]] = set()
+        for (job, model), uris in groups.items():
+            out |= self.recorded(job, uris, [model])
+        return out
 
     def classifier(self, name: str) -> Any:
         """A loaded classifier; loaded (and warmed up) on first use, then kept."""
@@ -169,7 +215,7 @@ class Runtime:
         """
         records = [rec for _, _, rec in items]
         if self.moderator is not None:
-            kept = {id(r) for r in self.moderator.keep(records)}
+            kept = {id(r) for r in self.moderator.keep(records, recorded=self._recorded_for)}
             items = [it for it in items if id(it[2]) in kept]
             records = [rec for _, _, rec in items]
             if not records:
@@ -255,6 +301,7 @@ def runtime(hostname: str | None = None) -> Runtime:
         if _runtime is None:
             name = hostname or os.environ.get("LABELQ_WORKER_NAME") or f"{os.getpid()}@{socket.gethostname()}"
             _runtime = Runtime(load_settings(), name)
+            _runtime.start_healer()
         return _runtime
 
 
@@ -351,12 +398,22 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
     chunk = chunk or chunk_id(job, models, [r[0] for r in refs])
     try:
         rt = runtime(getattr(self.request, "hostname", None))
-        if rt.book.started(job, chunk):
-            logger.info("job %s chunk %s was already labelled: a duplicate message, skipped", job, chunk)
-            return {"images": 0, "records": 0, "duplicate": True}
+        if rt.book.started(job, chunk, rt.settings.chunk_deadline):
+            # The "done" mark is a cache: the records decide (a Redis restarted empty can take records
+            # written before it while a mark written after it stands).
+            if len(rt.recorded(job, [r[0] for r in refs], models)) >= len({r[0] for r in refs}) * len(models):
+                logger.info("job %s chunk %s was already labelled: a duplicate message, skipped", job, chunk)
+                return {"images": 0, "records": 0, "duplicate": True}
+            logger.warning("job %s chunk %s is marked done but records of it are missing: labelling it again",
+                           job, chunk)
         start = time.perf_counter()
-        images, records = rt.label(job, refs, models, chunk)
-        rt.book.chunk_done(job, chunk)
+        rt.take(job, chunk)
+        try:
+            images, records = rt.label(job, refs, models, chunk)
+        finally:
+            rt.drop(job, chunk)
+        if rt.book.chunk_done(job, chunk) == "verifying" and rt.healer is not None:
+            rt.healer.wake()  # the counters say the job is complete: verify it against the records now
     except (Retry, Reject):
         raise
     except Exception as exc:

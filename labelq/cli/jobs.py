@@ -84,7 +84,7 @@ def enqueue(
                   f"(pid {pid}, log {log})", highlight=False, soft_wrap=True)
         out.print(job, highlight=False)
         if wait:  # not reached: --wait lists in this process
-            raise typer.Exit(_exit_code(follow(services.book, job), strict)) from None
+            raise typer.Exit(_exit_code(follow(services.book, job, verify=_verifier(services, job)), strict)) from None
         return
     if result.state == "busy":
         err.print(f"job {job} is being listed by another producer; it goes on from its cursor "
@@ -93,14 +93,15 @@ def enqueue(
         err.print(
             f"job {result.job}: listed {result.listed}, enqueued {result.enqueued} in {count(result.chunks, 'chunk')}, "
             f"skipped {result.skipped} already labelled"
-            + (f" (resumed after {result.resumed_from})" if result.resumed_from else ""),
+            + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")
+            + (f"; {result.missing} objects without records sent again" if result.missing else ""),
             highlight=False,
         )
     if background:
         return
     out.print(result.job, highlight=False)
     if wait:
-        raise typer.Exit(_exit_code(follow(services.book, result.job), strict))
+        raise typer.Exit(_exit_code(follow(services.book, result.job, verify=_verifier(services, result.job)), strict))
 
 
 def _check_local(source: str, settings: Settings, app: Any) -> None:
@@ -155,11 +156,23 @@ def _exit_code(info: Any, strict: bool) -> int:
     return 1 if strict and info.error else 0
 
 
-def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | None = None) -> Any:
+VERIFY_AFTER_S = 3.0  # a job left `verifying` this long while we wait is verified here (its source is readable here)
+
+
+def _verifier(services: Any, job: str) -> Any:
+    """Verify the job against its records from this process (labelq.heal.verify)."""
+    from ..heal import verify
+
+    return lambda: verify(job, services.settings, app=services.app, book=services.book, store=services.records)
+
+
+def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | None = None,
+           verify: Any = None) -> Any:
     """A live progress bar until the job is finished: done, failed, total, rate, ETA.
 
     Gives up (returns the job's info, not finished) when nothing moved for ``stall_timeout``
-    seconds (default LABELQ_STALL_TIMEOUT): no worker took a chunk or wrote a record.
+    seconds (default LABELQ_STALL_TIMEOUT): no worker took a chunk or wrote a record. A job that
+    stays ``verifying`` (no worker healed it: none may read its source) is verified by ``verify``.
     """
     from rich.progress import (
         BarColumn,
@@ -189,6 +202,7 @@ def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | Non
         task = bar.add_task("job", total=info.total, failed=0, rate="")
         start, first = time.monotonic(), info.processed
         moved_at, last = time.monotonic(), None
+        verifying_since: float | None = None
         while True:
             try:
                 info = book.info(job)
@@ -202,6 +216,17 @@ def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | Non
                        rate=f"{rate:.1f} img/s")
             if info.done:
                 break
+            if info.state != "verifying":
+                verifying_since = None
+            elif verifying_since is None:
+                verifying_since = time.monotonic()
+            elif verify is not None and time.monotonic() - verifying_since > VERIFY_AFTER_S:
+                verifying_since = None
+                try:
+                    verify()
+                except Exception as exc:  # noqa: BLE001 - the workers' heal may still do it
+                    logger.debug("verify %s: %s", job, exc)
+                continue
             now = (info.processed, info.dead, info.chunks_done, info.listed, book.oldest_waiting()[1])
             if now != last:
                 moved_at, last = time.monotonic(), now
@@ -247,7 +272,7 @@ def status(
     services = found.services
     book = services.book
     if follow_:
-        follow(book, job)
+        follow(book, job, verify=_verifier(services, job))
     info = services.job(job)
     older = _older_revisions(services, info)
     if as_json:
@@ -301,7 +326,8 @@ def print_job(info: Any, *, producer_stale: bool = False, older: dict[str, int] 
         ("objects listed", str(info.listed) + ("" if info.total is not None else " (listing)")),
         ("total", "-" if info.total is None else str(info.total)),
         ("skipped (already labelled)", str(info.skipped)),
-        ("chunks", f"{info.chunks_done} of {info.chunks} done"),
+        ("chunks", f"{info.chunks_done} of {info.chunks} done"
+                   + (f", republished {info.republished} (lost by the broker)" if info.republished else "")),
         ("records ok", str(info.ok)),
         ("records failed", str(info.error)),
         ("objects done", f"{info.processed // n_models}"),
@@ -348,8 +374,8 @@ def retry(
     job: Annotated[str, typer.Argument(help="job id")],
     wait: Annotated[bool, typer.Option(help="show progress and return when the retried objects are done")] = False,
 ) -> None:
-    """Re-run a job's dead-lettered chunks and its objects that failed with a retryable kind
-    (storage_error, model_error, access_denied)."""
+    """Re-run a job's dead-lettered chunks and every object whose records are missing or failed with a
+    retryable kind (storage_error, model_error, access_denied), as the record store says."""
     from ..producer import retry as do_retry
     from ..services import open_services
 
@@ -358,9 +384,10 @@ def retry(
     services = open_services(settings)
     services.job(job)
     n = do_retry(job, settings, app=services.app, book=services.book, store=services.records)
-    err.print(f"job {job}: re-enqueued {count(n, 'object')} (dead-lettered chunks and retryable failures)", highlight=False)
+    err.print(f"job {job}: re-enqueued {count(n, 'object')} (dead-lettered chunks, objects without records and "
+              "retryable failures)", highlight=False)
     if wait and n:
-        raise typer.Exit(_exit_code(follow(services.book, job), False))
+        raise typer.Exit(_exit_code(follow(services.book, job, verify=_verifier(services, job)), False))
 
 
 @app.command()

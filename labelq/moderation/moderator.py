@@ -8,7 +8,7 @@ so re-applying a policy acts only on what changed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .. import keys
@@ -33,14 +33,23 @@ class Moderator:
         self.redis = redis
         self.stores = stores
 
-    def keep(self, records: Sequence[Record]) -> list[Record]:
-        """The records to write: all but ``not_found`` records of objects this moderator moved to quarantine.
+    def keep(self, records: Sequence[Record],
+             recorded: Callable[[list[Record]], set[tuple[str, str]]] | None = None) -> list[Record]:
+        """The records to write: all but ``not_found`` records of objects this moderator moved to quarantine
+        that already have a record in the same job.
 
-        A redelivered task finds nothing at the key of an object we moved; its ok record must stand.
+        A redelivered task finds nothing at the key of an object we moved; its ok record must stand. A later
+        job naming the moved object has no record of it: its ``not_found`` record is written (every object
+        that reaches a worker ends with a record). ``recorded`` says which (uri, model) pairs of these records
+        their job already holds; without it, every ``not_found`` of a moved object is dropped.
         """
         gone = [r.uri for r in records if r.error_kind == "not_found"]
         moved = self.moved(gone) if gone else set()
-        return [r for r in records if not (r.error_kind == "not_found" and r.uri in moved)]
+        if not moved:
+            return list(records)
+        suspects = [r for r in records if r.error_kind == "not_found" and r.uri in moved]
+        have = recorded(suspects) if recorded is not None else {(r.uri, r.model) for r in suspects}
+        return [r for r in records if not (r.error_kind == "not_found" and r.uri in moved and (r.uri, r.model) in have)]
 
     def plan(self, records: Iterable[Record]) -> list[Action]:
         """Actions the policy asks for that were not applied to these objects before."""

@@ -60,6 +60,7 @@ STAT_COLUMNS = ("uri", "job", "model", "model_revision", "label", "status", "pro
 COMMIT_TRIES = 20
 LEASE_S = 120  # seconds a committer holds the shared batch's lease (a commit of a few thousand files takes seconds)
 SHARED_BATCH = 4  # a shared commit takes up to this many batches of a backlog
+HEAL_EVERY_S = 30.0  # job_get_many commits a job's leftover chunk files at most this often (verification)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -93,6 +94,7 @@ class DeltaStore:
         self._last_commit = time.monotonic()
         self._dataset: Any = None
         self._index: dict[str, UriIndex] = {}  # model → its files' uri ranges (get_many)
+        self._healed: dict[str, float] = {}  # job → when job_get_many last committed its leftover files
         self.commits = 0  # commits this store made (bench, tests)
         self._ensure_table()
 
@@ -479,6 +481,22 @@ class DeltaStore:
         if not wanted:
             return {}
         keys = self._model_index(model).overlapping(wanted[0], wanted[-1])
+        return read_newest(self.files, keys, wanted, model)
+
+    def job_get_many(self, job: str, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """This job's record of each of these objects for ``model`` (the job's files only). Chunk files written
+        and not yet committed are committed first (at most every HEAL_EVERY_S per job), so a verification
+        that relists the source sees every record the workers wrote."""
+        now = time.monotonic()
+        if now - self._healed.get(job, float("-inf")) > HEAL_EVERY_S:
+            if self.heal(job):
+                self.refresh()
+            self._healed[job] = now
+        wanted = sorted(set(uris))
+        if not wanted:
+            return {}
+        prefix = f"job={_safe(job)}/"
+        keys = [k for k in self._model_index(model).overlapping(wanted[0], wanted[-1]) if k.startswith(prefix)]
         return read_newest(self.files, keys, wanted, model)
 
     def close(self) -> None:

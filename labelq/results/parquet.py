@@ -220,7 +220,7 @@ class ParquetStore:
     def __init__(self, files: Files, *, url: str = "") -> None:
         self.files = files
         self.url = url
-        self._index: dict[str, UriIndex] = {}  # model → its files' uri ranges
+        self._index: dict[tuple[str, str | None], UriIndex] = {}  # (model, job or None for all) → uri ranges
 
     @classmethod
     def from_url(cls, url: str, *, s3_client: Any = None, settings: Any = None, **_: Any) -> ParquetStore:
@@ -318,13 +318,14 @@ class ParquetStore:
 
     # ------------------------------------------------------------------ across jobs
 
-    def _model_index(self, model: str) -> UriIndex:
-        """The model's files across jobs and their uri ranges (each footer read once per store)."""
-        if model not in self._index:
+    def _model_index(self, model: str, job: str | None = None) -> UriIndex:
+        """The model's files across jobs (or of one job) and their uri ranges (each footer read once per store)."""
+        if (model, job) not in self._index:
             import pyarrow.parquet as pq
 
             parts: list[_Part] = []
-            for job_dir in self.files.subdirs(""):
+            job_dirs = self.files.subdirs("") if job is None else [f"job={_q(job)}/"]
+            for job_dir in job_dirs:
                 if not job_dir.startswith("job="):
                     continue
                 for key in self.files.ls(f"{job_dir}model={_q(model)}/"):
@@ -334,8 +335,8 @@ class ParquetStore:
                     bounds = _uri_bounds(meta)
                     if bounds is not None:
                         parts.append(_Part(key, *bounds))
-            self._index[model] = UriIndex(parts)
-        return self._index[model]
+            self._index[(model, job)] = UriIndex(parts)
+        return self._index[(model, job)]
 
     def refresh(self) -> None:
         """Forget the file index: the next get_many lists the dataset again."""
@@ -344,10 +345,18 @@ class ParquetStore:
     def get_many(self, model: str, uris: Sequence[str]) -> dict[str, Record]:
         """The newest record of each of these objects for ``model`` across jobs: reads only the files whose
         uri range overlaps the group's, filtered to these uris (pyarrow compute, before any Record is made)."""
+        return self._lookup(model, uris, None)
+
+    def job_get_many(self, job: str, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """This job's record of each of these objects for ``model`` (its partition only; the file index of
+        the job is read once per store: :meth:`refresh` forgets it)."""
+        return self._lookup(model, uris, job)
+
+    def _lookup(self, model: str, uris: Sequence[str], job: str | None) -> dict[str, Record]:
         wanted = sorted(set(uris))
         if not wanted:
             return {}
-        return read_newest(self.files, self._model_index(model).overlapping(wanted[0], wanted[-1]), wanted)
+        return read_newest(self.files, self._model_index(model, job).overlapping(wanted[0], wanted[-1]), wanted)
 
     def close(self) -> None:
         self._index.clear()

@@ -65,6 +65,13 @@ class RedisStore:
         values = self.redis.hmget(keys.records(model), list(uris))
         return {uri: decode_body(v) for uri, v in zip(uris, values, strict=True) if v is not None}
 
+    def job_get_many(self, job: str, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """This job's record of each of these objects for ``model`` (one HMGET)."""
+        if not uris:
+            return {}
+        values = self.redis.hmget(keys.job_records(job, model), list(uris))
+        return {uri: decode_body(v) for uri, v in zip(uris, values, strict=True) if v is not None}
+
     def _job_keys(self, job: str) -> list[str]:
         pattern = keys.job_records(_glob_escape(job), "*")
         found = {k.decode() if isinstance(k, bytes) else k for k in self.redis.scan_iter(match=pattern, count=1000)}

@@ -227,6 +227,21 @@ class SQLStore:
                         best[row.uri] = row
         return {uri: _record(row) for uri, row in best.items()}
 
+    def job_get_many(self, job: str, model: str, uris: Sequence[str]) -> dict[str, Record]:
+        """This job's record of each of these objects for ``model`` (primary-key lookups, 900 a query)."""
+        import sqlalchemy as sa
+
+        t = self.table
+        out: dict[str, Record] = {}
+        uris = list(dict.fromkeys(uris))
+        with self.engine.connect() as conn:
+            for start in range(0, len(uris), _IN_SLICE):
+                query = sa.select(t).where(t.c.job == job, t.c.model == model,
+                                           t.c.uri.in_(uris[start : start + _IN_SLICE]))
+                for row in conn.execute(query):
+                    out[row.uri] = _record(row)
+        return out
+
     def iter_records(self, job: str | None = None) -> Iterator[Record]:
         """A job's records (``None``: every row), ordered by uri and model, streamed (server-side cursor)."""
         import sqlalchemy as sa

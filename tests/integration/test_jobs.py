@@ -95,7 +95,7 @@ def test_two_concurrent_writers_of_one_chunk_count_each_item_once(redis_server: 
     for t in threads:
         t.join(60)
     with redis_server.client() as client:
-        assert counts(JobBook(client), "J") == (300, 100, {"corrupt": 100}, "done")
+        assert counts(JobBook(client), "J") == (300, 100, {"corrupt": 100}, "verifying")
 
 
 def test_a_status_change_moves_counters_and_error_kinds(book: JobBook) -> None:
@@ -113,21 +113,28 @@ def test_a_status_change_moves_counters_and_error_kinds(book: JobBook) -> None:
 # ---------------------------------------------------------------- finishing
 
 
-def test_finish_listing_after_the_last_record_makes_the_job_done(book: JobBook) -> None:
+def test_finish_listing_after_the_last_record_makes_the_job_verified(book: JobBook) -> None:
     job = opened(book)
     book.record(job, items("c", [ok(u) for u in uris(3)], MODELS[:1]))
     assert counts(book, job)[3] == "listing"  # a job never finishes while it is listed
-    assert book.finish_listing(job, 3, 1) == "done"
+    assert book.finish_listing(job, 3, 1) == "verifying"  # the counters say complete: the records decide
+    assert book.settle(job, ok=3, error=0, expected=3, complete=True) == "done"
+    assert job not in book.active()
 
 
-def test_the_last_record_after_finish_listing_makes_the_job_done(book: JobBook) -> None:
-    job = opened(book, total=3)
+def test_the_last_record_after_finish_listing_makes_the_job_verified(book: JobBook) -> None:
+    job = opened(book)
+    book.register(job, "c", [[u, None, "e"] for u in uris(3)], list(MODELS[:1]), 60)
+    book.finish_listing(job, 3, 1)
     assert counts(book, job)[3] == "running"
     book.record(job, items("c", [ok(u) for u in uris(2)], MODELS[:1]))
     assert counts(book, job)[3] == "running"
     book.record(job, [("c", 2, err(uris(3)[2]))])
+    assert counts(book, job)[3] == "verifying"
+    book.settle(job, ok=2, error=1, expected=3, complete=True)
     info = book.info(job)
     assert info is not None and info.state == "done" and info.finished_at
+    assert book.in_flight(job) == 0
 
 
 def test_a_dead_lettered_chunk_finishes_the_job_as_failed_and_retry_takes_it_back(book: JobBook) -> None:
@@ -140,7 +147,8 @@ def test_a_dead_lettered_chunk_finishes_the_job_as_failed_and_retry_takes_it_bac
     assert book.park(job, "c2", {"chunk": "c2", "refs": refs, "models": list(MODELS[:1])}, 3) == 2
     info = book.info(job)
     assert info is not None
-    assert (info.state, info.ok, info.dead, info.dead_chunks) == ("failed", 4, 2, 1)
+    assert (info.state, info.ok, info.dead, info.dead_chunks) == ("verifying", 4, 2, 1)
+    assert book.settle(job, ok=4, error=0, expected=6, complete=True) == "failed"
     assert book.park(job, "c2", {"chunk": "c2", "refs": refs, "models": []}, 3) == 0  # parked once
     (doc,) = book.unpark(job)
     assert doc["refs"] == refs and doc["missing"] == 2
@@ -148,7 +156,7 @@ def test_a_dead_lettered_chunk_finishes_the_job_as_failed_and_retry_takes_it_bac
     assert info is not None and (info.state, info.dead, info.dead_chunks) == ("running", 0, 0)
     book.record(job, [("c2", 0, ok(later[0])), ("c2", 1, ok(later[1])), ("c2", 2, ok(later[2]))])
     book.chunk_done(job, "c2")
-    assert counts(book, job) == (6, 0, {}, "done")
+    assert counts(book, job) == (6, 0, {}, "verifying")
 
 
 def test_open_resumes_the_same_job_and_refuses_another_source(book: JobBook) -> None:
@@ -206,7 +214,7 @@ def test_already_labelled_objects_count_once_per_group(book: JobBook) -> None:
     info = book.info(job)
     assert info is not None and (info.ok, info.error, info.skipped, info.errors) == (3, 1, 4, {"corrupt": 1})
     book.record(job, [("c", 0, ok(uris(5)[4]))])
-    assert counts(book, job)[3] == "done"
+    assert counts(book, job)[3] == "verifying"
 
 
 def test_forget_takes_failures_out_once(book: JobBook) -> None:
@@ -215,13 +223,13 @@ def test_forget_takes_failures_out_once(book: JobBook) -> None:
     book.record(job, [("c", 0, err(u[0], kind="storage_error")), ("c", 1, err(u[1], kind="corrupt")),
                       ("c", 2, ok(u[2]))])
     book.chunk_done(job, "c")
-    assert counts(book, job)[3] == "done"
+    assert book.settle(job, ok=1, error=2, expected=3, complete=True) == "done"
     gone = book.forget(job, [(MODELS[0], u[0]), (MODELS[0], u[2]), (MODELS[0], "s3://nope")])
     assert gone == [(MODELS[0], u[0])]
     assert book.forget(job, [(MODELS[0], u[0])]) == []  # a second retry finds nothing to take
     assert counts(book, job) == (1, 1, {"corrupt": 1}, "running")
     book.record(job, [("retry-c", 0, ok(u[0]))])
-    assert counts(book, job) == (2, 1, {"corrupt": 1}, "done")
+    assert counts(book, job) == (2, 1, {"corrupt": 1}, "verifying")
 
 
 def test_chunk_ids_come_from_what_a_chunk_holds() -> None:
@@ -262,7 +270,7 @@ def test_a_big_job_keeps_no_per_object_state(book: JobBook, redis_client: Any) -
         book.record(job, items(cid, [ok(u) if i % 500 else err(u) for i, u in enumerate(names[n : n + 250], n)],
                                MODELS[:1]))
         book.chunk_done(job, cid)
-    assert counts(book, job) == (9980, 20, {"corrupt": 20}, "done")
+    assert counts(book, job) == (9980, 20, {"corrupt": 20}, "verifying")
     left = {k.decode() for k in redis_client.scan_iter(f"labelq:job:{job}*")}
     assert left == {keys.job(job), keys.job_errors(job), keys.job_failed(job), keys.job_chunks_done(job)}
     assert redis_client.hlen(keys.job_failed(job)) == 20
