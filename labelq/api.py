@@ -35,9 +35,11 @@ if TYPE_CHECKING:
     import pyarrow
 
     from .jobs import JobInfo
+    from .services import Services
 
 logger = logging.getLogger(__name__)
 
+VERIFY_AFTER_S = 3.0  # a job left `verifying` this long while we wait is verified here (its source is readable here)
 MEMORY_SCHEME = "memory://"  # the URI of an image handed in as bytes or a PIL image: memory://NAME
 
 __all__ = ["Client", "Labels", "label"]
@@ -266,17 +268,22 @@ class Client:
         results_url: str | None = None,
         *,
         settings: Settings | None = None,
+        services: Services | None = None,
         **options: Any,
     ) -> None:
         overrides = {"broker_url": broker_url, "redis_url": redis_url, "results_url": results_url, **options}
-        if settings is None:
+        if services is not None:  # the CLI hands in what it opened
+            self.settings = services.settings
+        elif settings is None:
             self.settings = load_settings(**overrides)
         else:
             clean = {k: v for k, v in overrides.items() if v is not None}
             self.settings = settings.model_copy(update=clean) if clean else settings
-        from .services import open_services
+        if services is None:
+            from .services import open_services
 
-        self.services = open_services(self.settings)
+            services = open_services(self.settings)
+        self.services = services
         self._background: list[threading.Thread] = []
 
     def __enter__(self) -> Client:
@@ -357,38 +364,67 @@ class Client:
         poll: float = 0.5,
         stall_timeout: float | None = None,
     ) -> JobInfo:
-        """Block until the job is done; returns its info.
+        """Block until the job is done; returns its info. ``labelq enqueue --wait`` and ``status --follow`` are this.
 
-        ``progress`` is called with the job's info whenever it moved. Raises
-        :class:`~labelq.errors.JobFailed` when chunks were dead-lettered (``retry`` runs them again),
-        :class:`~labelq.errors.JobStalled` when nothing moved for ``stall_timeout`` seconds (default
-        ``LABELQ_STALL_TIMEOUT``: is a worker running?), and :class:`TimeoutError` after ``timeout``.
+        ``progress`` is called with the job's info at every poll. A job left ``verifying`` (its counters say
+        complete; no worker has checked its records against the source yet, e.g. none can read the source) is
+        verified from this process after VERIFY_AFTER_S. Raises :class:`~labelq.errors.JobFailed` when chunks were
+        dead-lettered (``retry`` runs them again), :class:`~labelq.errors.JobStalled` when nothing moved for
+        ``stall_timeout`` seconds (default ``LABELQ_STALL_TIMEOUT``: is a worker running?), and
+        :class:`TimeoutError` after ``timeout``.
         """
+        book = self.services.book
         stall = self.settings.stall_timeout if stall_timeout is None else stall_timeout
         start = moved_at = time.monotonic()
         last: tuple[Any, ...] | None = None
+        verifying_since: float | None = None
+        self.status(job)  # UsageError when there is no such job
         while True:
-            info = self.status(job)
-            now = (info.processed, info.dead, info.chunks_done, info.listed, info.state)
-            if now != last:
-                moved_at, last = time.monotonic(), now
-                if progress is not None:
-                    progress(info)
+            try:
+                info = book.info(job)
+            except Exception as exc:  # noqa: BLE001 - Redis went away while waiting
+                raise UsageError(f"lost the job Redis while waiting for job {job}: {type(exc).__name__}: {exc}; "
+                                 f"`labelq status {job}` shows it once Redis is back") from None
+            if info is None:
+                raise UsageError(f"job {job} disappeared (expired, or Redis lost its data)")
+            if progress is not None:
+                progress(info)
             if info.done:
                 if info.state == "failed":
                     raise JobFailed(info)
                 return info
-            if time.monotonic() - moved_at > stall and not any(t.is_alive() for t in self._background):
+            if info.state != "verifying":
+                verifying_since = None
+            elif verifying_since is None:
+                verifying_since = time.monotonic()
+            elif time.monotonic() - verifying_since > VERIFY_AFTER_S:
+                verifying_since = None
+                self._verify(job)
+                continue
+            now = (info.processed, info.dead, info.chunks_done, info.listed, book.oldest_waiting()[1])
+            if now != last:
+                moved_at, last = time.monotonic(), now
+            elif time.monotonic() - moved_at > stall and not any(t.is_alive() for t in self._background):
                 raise JobStalled(info, stall)
             if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"job {job} not done after {timeout:g}s ({info.processed} records so far)")
             time.sleep(poll)
 
+    def _verify(self, job: str) -> None:
+        """Check a job against its records and source from here (labelq.heal.verify); the workers' heal may
+        do it instead, so a failure is only logged."""
+        from .heal import verify
+
+        try:
+            verify(job, self.settings, app=self.services.app, book=self.services.book, store=self.services.records)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("verify %s: %s", job, exc)
+
     def retry(self, job: str) -> int:
-        """Re-enqueue the job's dead-lettered chunks and retryable failures; returns how many objects."""
+        """Re-enqueue the job's dead-lettered chunks and every object whose records are missing or failed with a
+        retryable kind, as the record store says; returns how many objects."""
         from .producer import retry as do_retry
 
-        self.status(job)
         return do_retry(job, self.settings, app=self.services.app, book=self.services.book,
                         store=self.services.records)
 

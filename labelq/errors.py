@@ -7,6 +7,8 @@ is allowed to escape a batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 ERROR_KINDS = (
     "not_found",
     "access_denied",
@@ -90,7 +92,7 @@ class JobFailed(UsageError):
 
     ``labelq retry`` / ``Client.retry`` runs them again."""
 
-    def __init__(self, info: object) -> None:
+    def __init__(self, info: Any) -> None:  # a labelq.jobs.JobInfo
         self.info = info
         job = getattr(info, "id", "?")
         super().__init__(f"job {job} finished with {getattr(info, 'dead_chunks', '?')} dead-lettered chunks "
@@ -100,7 +102,7 @@ class JobFailed(UsageError):
 class JobStalled(UsageError):
     """Nothing moved in a distributed job for ``seconds`` (no worker took a chunk or wrote a record)."""
 
-    def __init__(self, info: object, seconds: float) -> None:
+    def __init__(self, info: Any, seconds: float) -> None:  # a labelq.jobs.JobInfo
         self.info = info
         self.seconds = seconds
         super().__init__(f"job {getattr(info, 'id', '?')}: nothing moved for {seconds:g}s: is a worker running "

@@ -84,7 +84,7 @@ def enqueue(
                   f"(pid {pid}, log {log})", highlight=False, soft_wrap=True)
         out.print(job, highlight=False)
         if wait:  # not reached: --wait lists in this process
-            raise typer.Exit(_exit_code(follow(services.book, job, verify=_verifier(services, job)), strict)) from None
+            raise typer.Exit(_exit_code(follow(services, job), strict)) from None
         return
     if result.state == "busy":
         err.print(f"job {job} is being listed by another producer; it goes on from its cursor "
@@ -101,7 +101,7 @@ def enqueue(
         return
     out.print(result.job, highlight=False)
     if wait:
-        raise typer.Exit(_exit_code(follow(services.book, result.job, verify=_verifier(services, result.job)), strict))
+        raise typer.Exit(_exit_code(follow(services, result.job), strict))
 
 
 def _check_local(source: str, settings: Settings, app: Any) -> None:
@@ -156,23 +156,11 @@ def _exit_code(info: Any, strict: bool) -> int:
     return 1 if strict and info.error else 0
 
 
-VERIFY_AFTER_S = 3.0  # a job left `verifying` this long while we wait is verified here (its source is readable here)
+def follow(services: Any, job: str, *, poll: float = 0.5, stall_timeout: float | None = None) -> Any:
+    """A live progress bar until the job is finished (done, failed, total, rate, ETA): ``Client.wait`` with a bar.
 
-
-def _verifier(services: Any, job: str) -> Any:
-    """Verify the job against its records from this process (labelq.heal.verify)."""
-    from ..heal import verify
-
-    return lambda: verify(job, services.settings, app=services.app, book=services.book, store=services.records)
-
-
-def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | None = None,
-           verify: Any = None) -> Any:
-    """A live progress bar until the job is finished: done, failed, total, rate, ETA.
-
-    Gives up (returns the job's info, not finished) when nothing moved for ``stall_timeout``
-    seconds (default LABELQ_STALL_TIMEOUT): no worker took a chunk or wrote a record. A job that
-    stays ``verifying`` (no worker healed it: none may read its source) is verified by ``verify``.
+    Gives up (returns the job's info, not finished) when nothing moved for ``stall_timeout`` seconds
+    (default LABELQ_STALL_TIMEOUT): no worker took a chunk or wrote a record.
     """
     from rich.progress import (
         BarColumn,
@@ -183,11 +171,13 @@ def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | Non
         TimeRemainingColumn,
     )
 
-    if stall_timeout is None:
-        stall_timeout = load_settings().stall_timeout
-    info = book.info(job)
-    if info is None:
-        raise UsageError(f"no such job: {job}")
+    from ..api import Client
+    from ..errors import JobFailed, JobStalled
+
+    client = Client(services=services)
+    info = client.status(job)
+    n_models = max(1, len(info.models))
+    start, first = time.monotonic(), info.processed
     with Progress(
         TextColumn(f"[bold]{escape(job)}"),
         BarColumn(),
@@ -198,51 +188,30 @@ def follow(book: Any, job: str, *, poll: float = 0.5, stall_timeout: float | Non
         TimeRemainingColumn(),
         console=err,
     ) as bar:
-        n_models = max(1, len(info.models))
         task = bar.add_task("job", total=info.total, failed=0, rate="")
-        start, first = time.monotonic(), info.processed
-        moved_at, last = time.monotonic(), None
-        verifying_since: float | None = None
-        while True:
-            try:
-                info = book.info(job)
-            except Exception as exc:  # noqa: BLE001 - Redis went away while waiting
-                raise UsageError(f"lost the job Redis while waiting for job {job}: {type(exc).__name__}: {exc}; "
-                                 f"`labelq status {job}` shows it once Redis is back") from None
-            if info is None:
-                raise UsageError(f"job {job} disappeared (expired, or Redis lost its data)")
-            rate = (info.processed - first) / n_models / max(time.monotonic() - start, 1e-9)
-            bar.update(task, completed=info.processed // n_models, total=info.total, failed=info.error // n_models,
+
+        def show(now: Any) -> None:
+            rate = (now.processed - first) / n_models / max(time.monotonic() - start, 1e-9)
+            bar.update(task, completed=now.processed // n_models, total=now.total, failed=now.error // n_models,
                        rate=f"{rate:.1f} img/s")
-            if info.done:
-                break
-            if info.state != "verifying":
-                verifying_since = None
-            elif verifying_since is None:
-                verifying_since = time.monotonic()
-            elif verify is not None and time.monotonic() - verifying_since > VERIFY_AFTER_S:
-                verifying_since = None
-                try:
-                    verify()
-                except Exception as exc:  # noqa: BLE001 - the workers' heal may still do it
-                    logger.debug("verify %s: %s", job, exc)
-                continue
-            now = (info.processed, info.dead, info.chunks_done, info.listed, book.oldest_waiting()[1])
-            if now != last:
-                moved_at, last = time.monotonic(), now
-            elif time.monotonic() - moved_at > stall_timeout:
-                bar.stop()
-                err.print(f"[red]error:[/red] job {escape(job)}: nothing moved for {stall_timeout:g}s "
-                          f"({info.processed // n_models} of {info.total if info.total is not None else '?'} done): "
-                          "is a worker running for its queue and models? (`labelq ping`); `labelq status "
-                          f"{escape(job)}` shows where it stands", highlight=False, soft_wrap=True)
-                return info
-            time.sleep(poll)
-    if info.state == "failed":
-        err.print(f"job {escape(job)} finished with {count(info.dead_chunks, 'dead letter')} (chunks dead-lettered "
-                  f"after every attempt failed; {count(info.dead, 'record')} not written): `labelq status "
-                  f"{escape(job)} --errors` shows why, `labelq retry {escape(job)}` runs them again", highlight=False,
-                  soft_wrap=True)
+
+        try:
+            return client.wait(job, progress=show, poll=poll, stall_timeout=stall_timeout)
+        except JobStalled as exc:
+            bar.stop()
+            info = exc.info
+            total = info.total if info.total is not None else "?"
+            err.print(f"[red]error:[/red] job {escape(job)}: nothing moved for {exc.seconds:g}s "
+                      f"({info.processed // n_models} of {total} done): is a worker running for its queue and "
+                      f"models? (`labelq ping`); `labelq status {escape(job)}` shows where it stands",
+                      highlight=False, soft_wrap=True)
+            return info
+        except JobFailed as exc:
+            info = exc.info
+    err.print(f"job {escape(job)} finished with {count(info.dead_chunks, 'dead letter')} (chunks dead-lettered "
+              f"after every attempt failed; {count(info.dead, 'record')} not written): `labelq status "
+              f"{escape(job)} --errors` shows why, `labelq retry {escape(job)}` runs them again", highlight=False,
+              soft_wrap=True)
     return info
 
 
@@ -272,7 +241,7 @@ def status(
     services = found.services
     book = services.book
     if follow_:
-        follow(book, job, verify=_verifier(services, job))
+        follow(services, job)
     info = services.job(job)
     older = _older_revisions(services, info)
     if as_json:
@@ -376,18 +345,17 @@ def retry(
 ) -> None:
     """Re-run a job's dead-lettered chunks and every object whose records are missing or failed with a
     retryable kind (storage_error, model_error, access_denied), as the record store says."""
-    from ..producer import retry as do_retry
+    from ..api import Client
     from ..services import open_services
 
     settings = load_settings()
     setup_logging(settings, quiet=True)
     services = open_services(settings)
-    services.job(job)
-    n = do_retry(job, settings, app=services.app, book=services.book, store=services.records)
+    n = Client(services=services).retry(job)
     err.print(f"job {job}: re-enqueued {count(n, 'object')} (dead-lettered chunks, objects without records and "
               "retryable failures)", highlight=False)
     if wait and n:
-        raise typer.Exit(_exit_code(follow(services.book, job, verify=_verifier(services, job)), False))
+        raise typer.Exit(_exit_code(follow(services, job), False))
 
 
 @app.command()
