@@ -55,7 +55,10 @@ class Runtime:
         quiet_libraries()
         self.settings = settings
         self.name = name
-        self.services = open_services(settings)
+        self.services = open_services(settings, check=False)
+        self.watch = watch_services(settings, self.services.redis, name)
+        self.through_outage(self.services.redis.ping, "reach the job state Redis", "job state (redis)")
+        self.watch.start()
         self.book = self.services.book
         self.records = self.services.records
         self.classifiers: dict[str, Any] = {}
@@ -175,9 +178,13 @@ class Runtime:
             if not records:
                 return None
         start = time.perf_counter()
-        with self._write_lock:
+
+        def write() -> None:  # idempotent: records are upserts, counts are per position of the chunk
             self.records.write(records, chunk=chunk)
             self.book.record(job, items)
+
+        with self._write_lock:
+            self.through_outage(write, f"write {len(records)} records of job {job}", "job state (redis)")
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
@@ -185,6 +192,17 @@ class Runtime:
             return None
         self._moderation_slots.acquire()  # bounded: a writer far ahead of the actions waits
         return self._moderation.submit(self._moderate, records)
+
+    def through_outage(self, step: Any, what: str, service: str) -> Any:
+        """Run ``step``; while Redis/the broker is unreachable, say "degraded" and retry with backoff for up to
+        ``LABELQ_OUTAGE_WAIT`` seconds (then the error goes up: the chunk is not acknowledged)."""
+        from .retrying import through_outage
+
+        def waiting(exc: BaseException, delay: float) -> None:
+            self.watch.failed(service, exc)
+            logger.info("%s: could not %s (%s); trying again in %.1fs", self.name, what, type(exc).__name__, delay)
+
+        return through_outage(step, what=what, wait=self.settings.outage_wait, on_wait=waiting)
 
     def write_live(self, job: str, records: list[Any]) -> Future[None] | None:
         """The live path's records: each upload is a chunk of its own (``live:`` + a digest of uri and etag)."""
@@ -215,6 +233,27 @@ class Runtime:
                                         max_batch_size=self.settings.max_batch_size,
                                         batch_timeout=self.settings.batch_timeout)
             return self._batcher
+
+
+def watch_services(settings: Settings, redis: Any, name: str) -> Any:
+    """This worker's :class:`labelq.health.Watch`: the job Redis, and the broker when it is another server."""
+    from .health import Watch
+    from .redis_client import connect
+
+    probe = connect(settings.jobs_redis, check=False, retries=0)  # its own client: one quick try per probe
+    probes: dict[str, Any] = {"job state (redis)": probe.ping}
+    if settings.broker_url != settings.jobs_redis:
+        if is_redis_url(settings.broker_url):
+            probes["broker"] = connect(settings.broker_url, check=False, retries=0).ping
+        else:
+            from kombu import Connection
+
+            def broker() -> None:
+                with Connection(settings.broker_url, connect_timeout=3) as conn:
+                    conn.ensure_connection(max_retries=0)
+
+            probes["broker"] = broker
+    return Watch(probes, who=f"worker {name}")
 
 
 def live_chunk(uri: str, etag: str | None) -> str:
@@ -351,12 +390,12 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
     chunk = chunk or chunk_id(job, models, [r[0] for r in refs])
     try:
         rt = runtime(getattr(self.request, "hostname", None))
-        if rt.book.started(job, chunk):
+        if rt.through_outage(lambda: rt.book.started(job, chunk), f"start job {job} chunk {chunk}", "job state (redis)"):
             logger.info("job %s chunk %s was already labelled: a duplicate message, skipped", job, chunk)
             return {"images": 0, "records": 0, "duplicate": True}
         start = time.perf_counter()
         images, records = rt.label(job, refs, models, chunk)
-        rt.book.chunk_done(job, chunk)
+        rt.through_outage(lambda: rt.book.chunk_done(job, chunk), f"finish job {job} chunk {chunk}", "job state (redis)")
     except (Retry, Reject):
         raise
     except Exception as exc:
@@ -457,4 +496,5 @@ def labelq_info(state: Any) -> dict[str, Any]:
         return {"device": None, "models": [], "ready": False, "error": _runtime_error}
     models = {name: str(clf.device) for name, clf in rt.classifiers.items()}
     devices = sorted(set(models.values()))
-    return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True}
+    return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True,
+            "health": rt.watch.state()}
