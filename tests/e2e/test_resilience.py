@@ -7,6 +7,7 @@ ends with "every object exactly once, job done, nothing hangs" or a one-line err
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_faults import export, file_uris, once_each, photos, status
-from tests.procs import Procs, cli, labelq_env, wait_until
+from tests.e2e.test_faults import broken_copy, export, file_uris, once_each, photos, status
+from tests.procs import Procs, cli, group_members, labelq_env, wait_until
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -56,3 +57,58 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     wait_until(lambda: status(env, "R", tmp_path)["state"] == "done", timeout=120, every=1.0, what="job R done")
     once_each(export(env, "R", tmp_path), file_uris(paths), str(slow_vit))
     assert w.alive(), w.tail()
+
+
+def celery_children(leader: int) -> list[int]:
+    """The device processes (celery workers) under a `labelq worker` launcher."""
+    out = []
+    for pid in group_members(leader):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if pid != leader and b"celery" in argv:
+            out.append(pid)
+    return out
+
+
+def test_a_sigkilled_device_process_is_restarted_and_the_job_finishes_once_each(
+        tmp_path: Path, redis_url: str, redis_client: Any, procs: Procs, slow_vit: Path,
+        photo_bytes: list[bytes]) -> None:
+    """SIGKILL the celery child of `labelq worker` mid-job: the launcher logs it and starts a new one; the chunk it
+    held comes back after the visibility timeout; the job ends done, each object once; SIGTERM then stops all."""
+    paths = photos(tmp_path / "in", photo_bytes[:32])
+    env = labelq_env(broker=redis_url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
+                     visibility_timeout=10, stall_timeout=120)
+    w = procs.worker(env)
+    [child] = celery_children(w.pid)
+    cli(["enqueue", str(tmp_path / "in"), "--job", "K"], env, cwd=tmp_path).check()
+    wait_until(lambda: int(redis_client.hget("labelq:job:K", "ok") or 0) >= 8, timeout=90, what="some records")
+    os.kill(child, signal.SIGKILL)
+    w.wait_for(lambda t: "restarting it in" in t and "killed by signal 9" in t, timeout=30, what="the restart line")
+    wait_until(lambda: len([c for c in celery_children(w.pid) if c != child]) == 1, timeout=30, what="a new child")
+    wait_until(lambda: status(env, "K", tmp_path)["state"] == "done", timeout=180, every=1.0, what="job K done")
+    once_each(export(env, "K", tmp_path), file_uris(paths), str(slow_vit))
+    started = time.monotonic()
+    assert w.terminate(60) == 0, w.tail()
+    assert time.monotonic() - started < 60
+
+
+def test_a_device_process_that_keeps_dying_at_start_stops_the_launcher_with_its_reason(
+        tmp_path: Path, redis_url: str, procs: Procs, tiny_vit: Path) -> None:
+    """A model that does not load: the child exits 3 right after its start; it is restarted with backoff
+    LABELQ_WORKER_RESTARTS times, then the launcher exits non-zero with one line naming the reason."""
+    bad = broken_copy(tiny_vit, tmp_path / "bad-model")
+    env = labelq_env(broker=redis_url, models=[bad], worker_restarts=1)
+    w = procs.worker(env, ready=False)
+    started = time.monotonic()
+    assert w.wait(150) == 3
+    took = time.monotonic() - started
+    lines = [line for line in w.text().splitlines() if line.startswith("labelq worker: device process")]
+    assert len(lines) == 1, w.tail()
+    assert "2 times in a row" in lines[0] and "not restarting" in lines[0] and "cannot start" in lines[0]
+    assert "bad-model" in lines[0]
+    assert w.text().count("restarting it in") == 1
+    assert "Traceback" not in w.text()
+    assert took < 150
+    assert not w.group_alive()
