@@ -36,6 +36,7 @@ key                                         type    holds
 ``labelq:released``                         hash    uri → etag a reviewer released from quarantine
                                                     (``labelq console``): that version is never acted on again
 ``labelq:seen-event:{uri}:{etag}``          string  de-duplicates object-created events (expires)
+``{LABELQ_EVENTS_KEY}:processing``          list    MinIO events `listen` took and has not yet queued
 ==========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
@@ -106,3 +107,11 @@ def split_item(field: str | bytes) -> tuple[str, str]:
     text = field.decode() if isinstance(field, bytes) else field
     model, uri = text.split(SEP, 1)
     return model, uri
+
+
+# --- issue 19, process side (labelq.listen, labelq.moderation.outbox): reliable queues and the outbox
+
+
+def events_processing(events_key: str) -> str:
+    """The list `labelq listen` moves each MinIO event to until its tasks are published (a reliable queue)."""
+    return f"{events_key}:processing"

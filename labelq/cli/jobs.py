@@ -405,9 +405,9 @@ def listen(
 
     threads = []
     if minio:
-        threads.append(threading.Thread(target=listener.run_minio, name="minio", daemon=True))
+        threads.append(threading.Thread(target=listener.run, args=(listener.run_minio,), name="minio", daemon=True))
     if settings.sqs_queue_url:
-        threads.append(threading.Thread(target=listener.run_sqs, name="sqs", daemon=True))
+        threads.append(threading.Thread(target=listener.run, args=(listener.run_sqs,), name="sqs", daemon=True))
     for t in threads:
         t.start()
     try:
@@ -416,5 +416,8 @@ def listen(
     finally:
         listener.stop.set()
         err.print(f"enqueued {listener.enqueued}, duplicates {listener.duplicates}, malformed {listener.bad}")
+    if listener.failure:
+        err.print(f"[red]error:[/red] labelq listen: {escape(listener.failure)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 

@@ -7,9 +7,11 @@ ends with "every object exactly once, job done, nothing hangs" or a one-line err
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,68 @@ def test_a_device_process_that_keeps_dying_at_start_stops_the_launcher_with_its_
     assert "Traceback" not in w.text()
     assert took < 150
     assert not w.group_alive()
+
+
+def minio_event(*keys: str, bucket: str = "uploads") -> str:
+    """One entry as MinIO's Redis target (access format) RPUSHes it."""
+    records = [{"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-06T11:00:00.000Z",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": k, "size": 10, "eTag": uuid.uuid4().hex,
+                                                             "sequencer": uuid.uuid4().hex[:16]}}}
+               for k in keys]
+    return json.dumps([{"Event": records, "EventTime": "2026-12-06T11:00:00.000Z"}])
+
+
+LIVE = "labelq.live"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    """A second redis-server as the broker, to take down while job state stays up."""
+    server = RedisServer(tmp_path / "broker")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_broker_is_back(
+        tmp_path: Path, redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+    events = f"events-{uuid.uuid4().hex[:8]}"
+    env = labelq_env(broker=broker.url, redis=redis_url, models=[tiny_vit], events_key=events, outage_wait=120)
+    listen = procs.spawn(["listen", "--minio", "--job", "L1"], env, name="listen")
+    listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
+    broker.stop()
+    redis_client.rpush(events, minio_event("a.jpg", "b.jpg"))
+    listen.wait_for(lambda t: "listen degraded" in t, timeout=30, what="'listen degraded'")
+    assert redis_client.llen(events) == 0 and redis_client.llen(f"{events}:processing") == 1  # taken, kept
+    time.sleep(3)
+    broker.start()
+    with broker.client() as b:
+        wait_until(lambda: b.llen(LIVE) == 2, timeout=60, what="2 live tasks on the broker")
+        wait_until(lambda: redis_client.llen(f"{events}:processing") == 0, timeout=10, what="the event removed")
+        names = {json.loads(m)["headers"]["argsrepr"] for m in b.lrange(LIVE, 0, -1)}
+        assert {n for n in names if "a.jpg" in n} and {n for n in names if "b.jpg" in n}
+    assert listen.alive(), listen.tail()
+    assert "Traceback" not in listen.text()
+
+
+def test_listen_exits_non_zero_with_one_line_when_the_broker_stays_down_and_the_next_one_replays_the_event(
+        tmp_path: Path, redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+    events = f"events-{uuid.uuid4().hex[:8]}"
+    env = labelq_env(broker=broker.url, redis=redis_url, models=[tiny_vit], events_key=events, outage_wait=4)
+    listen = procs.spawn(["listen", "--minio", "--job", "L2"], env, name="listen")
+    listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
+    broker.stop()
+    redis_client.rpush(events, minio_event("c.jpg"))
+    assert listen.wait(60) == 1
+    errors = [line for line in listen.text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could not queue" in errors[0] and "labelq listen" in errors[0], listen.tail()
+    assert "Traceback" not in listen.text()
+    assert redis_client.llen(f"{events}:processing") == 1  # kept for the next listener
+    broker.start()
+    again = procs.spawn(["listen", "--minio", "--job", "L2"], env, name="listen-again")
+    with broker.client() as b:
+        wait_until(lambda: b.llen(LIVE) == 1, timeout=60, what="the kept event queued by the next listener")
+    assert redis_client.llen(f"{events}:processing") == 0
+    assert "replaying 1 events" in again.text()
