@@ -78,12 +78,14 @@ class Runtime:
         self._stores = Stores(settings)
         self._batcher: Any = None
         self.moderator: Any = None
+        self.outbox: Any = None  # the moderation outbox's deliverer (a thread), with a policy
         self._moderation = ThreadPoolExecutor(1, thread_name_prefix="labelq-moderate")
         self._moderation_slots = threading.BoundedSemaphore(64)
         if settings.policy is not None:
-            from .moderation import Moderator, load_policy
+            from .moderation import Deliverer, Moderator, load_policy
 
             self.moderator = Moderator(load_policy(settings.policy), redis=self.services.redis, stores=self._stores)
+            self.outbox = Deliverer(self.services.redis, timeout=settings.outbox_timeout).start()
             logger.info("moderation policy %s (version %s)", settings.policy, self.moderator.policy.version)
         for model in settings.models:
             self.classifier(model)

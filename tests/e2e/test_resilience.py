@@ -7,18 +7,22 @@ ends with "every object exactly once, job done, nothing hangs" or a one-line err
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labelq import keys as lq_keys
 from tests.e2e.test_faults import broken_copy, export, file_uris, once_each, photos, status
-from tests.procs import Procs, cli, group_members, labelq_env, wait_until
+from tests.procs import Procs, cli, free_port, group_members, labelq_env, wait_until
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -179,3 +183,91 @@ def test_listen_exits_non_zero_with_one_line_when_the_broker_stays_down_and_the_
         wait_until(lambda: b.llen(LIVE) == 1, timeout=60, what="the kept event queued by the next listener")
     assert redis_client.llen(f"{events}:processing") == 0
     assert "replaying 1 events" in again.text()
+
+
+class Webhook:
+    """A loopback HTTP server that records every POST's Idempotency-Key and answers per ``mode``:
+    ``hang`` never answers; ``flaky`` answers 500 to the first POST of each key, then 200."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.posts: list[tuple[str, int | None]] = []  # (key, status sent; None: never answered)
+        self.release = threading.Event()
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                key = self.headers.get("Idempotency-Key", "")
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if hook.mode == "hang":
+                    hook.posts.append((key, None))
+                    hook.release.wait(120)
+                    return
+                status = 500 if all(k != key for k, _ in hook.posts) else 200
+                hook.posts.append((key, status))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def notify_policy(path: Path, model: Path, webhook: str, attempts: int) -> Path:
+    path.write_text(f'version = "v1"\n\n[notify]\nwebhook = {json.dumps(webhook)}\nwebhook_attempts = {attempts}\n\n'
+                    f'[[rule]]\nmodel = {json.dumps(str(model))}\nlabel = "nsfw"\nthreshold = 0.0\n'
+                    'actions = ["notify"]\n', encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["hang", "flaky"])
+def test_a_webhook_never_holds_a_chunk_and_each_object_is_posted_once_per_policy_version(
+        mode: str, tmp_path: Path, redis_url: str, redis_client: Any, procs: Procs, tiny_vit: Path,
+        photo_bytes: list[bytes]) -> None:
+    """Every record fires a notify rule. ``hang``: the webhook never answers; the chunk is still acknowledged at
+    once (before: it waited out 4 x 5 s per object and ran twice), one POST per object, then each notification is
+    dead-lettered (webhook_attempts = 1) and shows in `moderate outbox` and the audit. ``flaky``: 500 then 200;
+    exactly one successful POST per object, nothing dead."""
+    hook = Webhook(mode)
+    try:
+        photos(tmp_path / "in", photo_bytes[:8])
+        policy = notify_policy(tmp_path / "policy.toml", tiny_vit, hook.url, attempts=1 if mode == "hang" else 3)
+        env = labelq_env(broker=redis_url, models=[tiny_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
+                         policy=str(policy), outbox_timeout=2, visibility_timeout=20)
+        w = procs.worker(env)
+        started = time.monotonic()
+        cli(["enqueue", str(tmp_path / "in"), "--job", f"W{mode}", "--wait"], env, cwd=tmp_path, timeout=60).check()
+        assert time.monotonic() - started < 15  # acknowledged long before a hanging webhook's timeouts add up
+        assert len(w.chunks_done()) == 1
+        wait_until(lambda: len({k for k, _ in hook.posts}) == 8 and redis_client.zcard(lq_keys.OUTBOX_DUE) == 0,
+                   timeout=60, every=0.5, what="every notification delivered or dead-lettered")
+        keys = Counter(k for k, _ in hook.posts)
+        assert len(keys) == 8
+        outbox = cli(["moderate", "outbox"], env, cwd=tmp_path).check().stdout
+        audit = cli(["moderate", "audit"], env, cwd=tmp_path).check().stdout
+        if mode == "hang":
+            assert set(keys.values()) == {1}  # one POST per object and policy version
+            assert outbox.startswith("waiting 0, dead 8")
+            assert audit.count("webhook dead-lettered after 1 attempts") == 8
+        else:
+            ok = Counter(k for k, status in hook.posts if status == 200)
+            assert set(ok.values()) == {1} and len(ok) == 8  # one successful POST per object
+            assert outbox.startswith("waiting 0, dead 0")
+            assert "dead-lettered" not in audit
+        # the job again, as a redelivered chunk would: nothing new is posted
+        before = len(hook.posts)
+        cli(["enqueue", str(tmp_path / "in"), "--job", f"W{mode}b", "--wait", "--force"], env, cwd=tmp_path,
+            timeout=60).check()
+        time.sleep(3)
+        assert len(hook.posts) == before
+    finally:
+        hook.close()
