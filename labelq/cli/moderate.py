@@ -32,6 +32,7 @@ def console(
 
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
+    settings.jobs_redis  # noqa: B018 - no Redis named for job state: one line (exit 2) before the banner
     err.print(f"labelq console on http://{settings.console_host}:{settings.console_port}/", highlight=False)
     serve(settings)
 

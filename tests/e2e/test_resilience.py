@@ -271,3 +271,16 @@ def test_a_webhook_never_holds_a_chunk_and_each_object_is_posted_once_per_policy
         assert len(hook.posts) == before
     finally:
         hook.close()
+
+
+@pytest.mark.parametrize("args", [["enqueue", "in", "--job", "J"], ["worker", "--devices", "cpu"], ["status", "J"],
+                                  ["ping"], ["console"]], ids=lambda a: a[0])
+def test_rabbitmq_without_a_job_state_redis_is_one_line_naming_what_to_set(args: list[str], tmp_path: Path) -> None:
+    """Before: job state and records went silently to redis://localhost:6379/0, whatever answered there."""
+    (tmp_path / "in").mkdir()
+    env = labelq_env(broker="amqp://guest:guest@127.0.0.1:1//", results="postgresql://u:s3cret@127.0.0.1:1/db")
+    result = cli(args, env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "LABELQ_REDIS_URL" in lines[0] and "job state needs Redis" in lines[0], lines
+    assert "s3cret" not in lines[0]
