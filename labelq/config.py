@@ -121,14 +121,14 @@ class Settings(BaseSettings):
         "retried with backoff) before it gives up: the chunk goes back to the broker, `listen` exits non-zero"
     )
     worker_restarts: int = Field(
-        5, ge=0, le=1000, description="`labelq worker` restarts a device process that died; this many quick deaths in a "
+        3, ge=0, le=1000, description="`labelq worker` restarts a device process that died; this many quick deaths in a "
         "row (each within worker_min_uptime of its start) stop it, non-zero, with the child's reason"
     )
     worker_min_uptime: float = Field(30.0, gt=0, description="seconds a device process must live to count as started")
-    outbox_attempts: int = Field(
-        6, ge=1, le=100, description="deliveries of a moderation notification before it is dead-lettered (outbox)"
+    outbox_timeout: float = Field(
+        5.0, gt=0, le=300, description="seconds one webhook POST of the moderation outbox may take (attempts: the "
+        "policy's webhook_attempts, then a dead letter)"
     )
-    outbox_timeout: float = Field(5.0, gt=0, le=300, description="seconds one webhook POST of the outbox may take")
 
     # --- background moderation
     live_queue: str = Field("labelq.live", description="Celery queue of single new uploads (dynamic batching)")
