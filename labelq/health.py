@@ -186,3 +186,21 @@ class Watch:
         with self._lock:
             down = {n: f"{why} (for {now - since:.0f}s)" for n, (since, why) in self.down.items()}
         return {"status": "degraded" if down else "ok", "down": down}
+
+
+def register_metrics(watch: Watch, registry: Any) -> None:
+    """``labelq_degraded`` (0/1) and ``labelq_service_up{service}`` on a worker's Prometheus endpoint, read at scrape."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    class HealthCollector:
+        def collect(self) -> Any:
+            down = watch.state()["down"]
+            yield GaugeMetricFamily("labelq_degraded", "1 while a service this worker needs is unreachable",
+                                    value=float(bool(down)))
+            up = GaugeMetricFamily("labelq_service_up", "Whether a service this worker needs answers",
+                                   labels=["service"])
+            for name in watch.probes:
+                up.add_metric([name], 0.0 if name in down else 1.0)
+            yield up
+
+    registry.register(HealthCollector())

@@ -73,6 +73,9 @@ class Runtime:
             broker = connect(settings.broker_url) if is_redis_url(settings.broker_url) else None
             if broker is not None:
                 self.metrics.watch_queue(broker, [settings.queue, settings.live_queue], self.book)
+            from .health import register_metrics
+
+            register_metrics(self.watch, self.metrics.registry)
             self.metrics.serve(settings.metrics_port)
         self.engine: Any = None  # made with the first chunk's classifiers
         self._stores = Stores(settings)

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -41,11 +42,12 @@ def own_redis(tmp_path: Path) -> Any:
 
 def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
         tmp_path: Path, own_redis: RedisServer, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]) -> None:
-    """Redis (broker, job state and records) stopped for 15 s mid-job: the worker stays up and says "degraded",
-    `ping` says degraded, and once Redis is back the job ends done with every object labelled exactly once."""
+    """Redis (broker, job state and records) stopped for 15 s mid-job: the worker stays up and says "degraded" (log
+    and metrics), `ping` says degraded, and once Redis is back the job ends done with every object labelled exactly once."""
     paths = photos(tmp_path / "in", photo_bytes[:96])
+    metrics = free_port()
     env = labelq_env(broker=own_redis.url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
-                     stall_timeout=120, visibility_timeout=60)
+                     stall_timeout=120, visibility_timeout=60, metrics_port=metrics)
     w = procs.worker(env)
     cli(["enqueue", str(tmp_path / "in"), "--job", "R"], env, cwd=tmp_path).check()
     client = own_redis.client()
@@ -56,6 +58,8 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     w.wait_for(lambda t: "degraded" in t, timeout=30, what="the worker's log to say degraded")
     ping = cli(["ping", "--timeout", "1"], env, cwd=tmp_path, timeout=60)
     assert ping.returncode != 0 and "degraded" in ping.stdout, ping.stdout + ping.stderr
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    assert "labelq_degraded 1.0" in scrape and 'labelq_service_up{service="job state (redis)"} 0.0' in scrape
     time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
     assert w.alive(), w.tail()
     own_redis.start()
