@@ -163,6 +163,21 @@ class Settings(BaseSettings):
     stall_timeout: float = Field(
         300.0, gt=0, description="seconds `--wait` waits with no chunk started or record written before it gives up"
     )
+    # --- riding out faults (issue 19: outages, dead device processes, listeners, the moderation outbox)
+    outage_wait: float = Field(
+        600.0, ge=0, description="seconds a worker or `labelq listen` waits for Redis/the broker to come back (writes "
+        "retried with backoff) before it gives up: the chunk goes back to the broker, `listen` exits non-zero"
+    )
+    worker_restarts: int = Field(
+        3, ge=0, le=1000, description="`labelq worker` restarts a device process that died; this many quick deaths in a "
+        "row (each within worker_min_uptime of its start) stop it, non-zero, with the child's reason"
+    )
+    worker_min_uptime: float = Field(30.0, gt=0, description="seconds a device process must live to count as started")
+    outbox_timeout: float = Field(
+        5.0, gt=0, le=300, description="seconds one webhook POST of the moderation outbox may take (attempts: the "
+        "policy's webhook_attempts, then a dead letter)"
+    )
+
     # --- background moderation
     live_queue: str = Field("labelq.live", description="Celery queue of single new uploads (dynamic batching)")
     max_batch_size: int = Field(16, ge=1, le=1024, description="live: flush a batch at this many images")
@@ -283,11 +298,18 @@ class Settings(BaseSettings):
 
     @property
     def jobs_redis(self) -> str:
-        """The Redis that holds job state (and records, unless results_url names SQL)."""
+        """The Redis that holds job state (and records, unless results_url names SQL).
+
+        UsageError when none of redis_url, results_url, broker_url is a Redis URL (RabbitMQ broker, SQL records).
+        """
         for url in (self.redis_url, self.results_url, self.broker_url):
             if is_redis_url(url):
                 return url
-        return "redis://localhost:6379/0"
+        # Never a silent default: with RabbitMQ and SQL records, "whatever answers on localhost" is not job state.
+        raise UsageError(
+            f"job state needs Redis and none is named (the broker is {redact(self.broker_url)}, records go to "
+            f"{redact(self.results_url) if self.results_url else 'the job Redis'}): set LABELQ_REDIS_URL=redis://HOST:6379/0"
+        )
 
     @property
     def results(self) -> str:

@@ -1,8 +1,17 @@
-"""`labelq ping`: is everything a job needs reachable, and which workers are up?"""
+"""`labelq ping`: is everything a job needs reachable, and which workers are up? And a worker's own view.
+
+:class:`Watch` runs in every worker process: it probes the job Redis and the broker every
+``WATCH_EVERY`` seconds and logs one line when one goes down ("degraded") and one when it
+is back ("recovered"); ``labelq ping`` shows each worker's view and says "degraded" while a
+service a worker needs is down (workers wait for it; nothing is lost).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +20,8 @@ from .config import Settings, redact
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
+
+WATCH_EVERY = 2.0  # seconds between a worker's probes of its services
 
 
 @dataclass
@@ -106,6 +117,7 @@ def ping(settings: Settings, *, source: str | None = None, workers: bool = True,
          timeout: float = 3.0) -> tuple[list[Check], dict[str, Any]]:
     from .tasks import make_app
 
+    settings.jobs_redis  # noqa: B018 - no Redis named for job state is a usage error (exit 2), not "down"
     app = make_app(settings)
     optional = [check_results(settings), check_storage(settings, source)]
     checks = [check_broker(settings, app), check_redis(settings)] + [c for c in optional if c is not None]
@@ -145,3 +157,93 @@ def check_local_source(source: Any, settings: Settings, app: Any, *, timeout: fl
     if can or not cannot:
         return None
     raise UsageError(f"no live worker may read {folder}: it needs {need}; answering: {', '.join(cannot)}")
+
+
+def summary(checks: list[Check], replies: dict[str, Any]) -> str:
+    """One word for the whole: ``ok``; ``degraded`` (a service is down or a worker says so: workers wait for it,
+    nothing is lost); ``down`` (no worker answered while every service is up)."""
+    services_ok = all(c.ok for c in checks if c.name != "workers")
+    worker_degraded = any((info.get("health") or {}).get("status") == "degraded" for info in replies.values())
+    if not services_ok or worker_degraded:
+        return "degraded"
+    return "ok" if all(c.ok for c in checks) else "down"
+
+
+class Watch:
+    """A worker's view of the services it needs: probed in a thread, logged on every change.
+
+    ``probes`` maps a name ("job state (redis)", "broker") to a callable that raises when the
+    service is unreachable. Each probe runs every ``every`` seconds.
+    """
+
+    def __init__(self, probes: dict[str, Callable[[], Any]], *, every: float = WATCH_EVERY, who: str = "worker") -> None:
+        self.probes = probes
+        self.every = every
+        self.who = who
+        self.down: dict[str, tuple[float, str]] = {}  # name -> (since, monotonic; why)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Watch:
+        self._thread = threading.Thread(target=self._run, name="labelq-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.probe()
+
+    def probe(self) -> None:
+        """Probe every service once; log a change of state."""
+        for name, probe in self.probes.items():
+            try:
+                probe()
+            except Exception as exc:  # noqa: BLE001 - any failure is "unreachable"
+                self.failed(name, exc)
+            else:
+                self.ok(name)
+
+    def failed(self, name: str, exc: BaseException) -> None:
+        """``name`` is unreachable (also told by the chunk path when a write hits the outage first)."""
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        with self._lock:
+            if name in self.down:
+                return
+            self.down[name] = (time.monotonic(), why)
+        logger.warning("%s degraded: %s unreachable (%s); chunks in hand wait for it and nothing is acknowledged "
+                       "until their records are written", self.who, name, why)
+
+    def ok(self, name: str) -> None:
+        with self._lock:
+            was = self.down.pop(name, None)
+        if was is not None:
+            logger.warning("%s recovered: %s is back after %.0fs", self.who, name, time.monotonic() - was[0])
+
+    def state(self) -> dict[str, Any]:
+        """``{"status": "ok"|"degraded", "down": {name: "why (for Ns)"}}`` (for ping and the metrics)."""
+        now = time.monotonic()
+        with self._lock:
+            down = {n: f"{why} (for {now - since:.0f}s)" for n, (since, why) in self.down.items()}
+        return {"status": "degraded" if down else "ok", "down": down}
+
+
+def register_metrics(watch: Watch, registry: Any) -> None:
+    """``labelq_degraded`` (0/1) and ``labelq_service_up{service}`` on a worker's Prometheus endpoint, read at scrape."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    class HealthCollector:
+        def collect(self) -> Any:
+            down = watch.state()["down"]
+            yield GaugeMetricFamily("labelq_degraded", "1 while a service this worker needs is unreachable",
+                                    value=float(bool(down)))
+            up = GaugeMetricFamily("labelq_service_up", "Whether a service this worker needs answers",
+                                   labels=["service"])
+            for name in watch.probes:
+                up.add_metric([name], 0.0 if name in down else 1.0)
+            yield up
+
+    registry.register(HealthCollector())

@@ -64,6 +64,11 @@ key                                         type    holds
                                                     and not yet committed, all writers of one table (a cache:
                                                     ``labelq compact`` commits from the folder listing)
 ``labelq:lake:{table}:lease``               string  the Delta store committer's lease (expires)
+``{LABELQ_EVENTS_KEY}:processing``          list    MinIO events `listen` took and has not yet queued
+``labelq:outbox:due``                       zset    moderation outbox: entry id → next attempt (unix s)
+``labelq:outbox:items``                     hash    entry id → JSON (webhook URL, body, attempts, error)
+``labelq:outbox:seen``                      hash    entry id → ``queued|sent|dead {time}`` (de-duplicates)
+``labelq:outbox:dead``                      hash    entry id → JSON of a notification that failed every attempt
 ==========================================  ======  ==================================================
 
 TTLs: job keys expire ``result_ttl`` seconds after their last write (0 = never);
@@ -155,3 +160,17 @@ def split_item(field: str | bytes) -> tuple[str, str]:
     text = field.decode() if isinstance(field, bytes) else field
     model, uri = text.split(SEP, 1)
     return model, uri
+
+
+# --- issue 19, process side (labelq.listen, labelq.moderation.outbox): reliable queues and the outbox
+
+
+OUTBOX_DUE = PREFIX + "outbox:due"  # labelq.moderation.outbox: entry id → next attempt (unix seconds)
+OUTBOX_ITEMS = PREFIX + "outbox:items"  # entry id → JSON
+OUTBOX_SEEN = PREFIX + "outbox:seen"  # entry id → queued|sent|dead {time}: at most once per object and policy version
+OUTBOX_DEAD = PREFIX + "outbox:dead"  # entry id → JSON of an entry that failed every attempt
+
+
+def events_processing(events_key: str) -> str:
+    """The list `labelq listen` moves each MinIO event to until its tasks are published (a reliable queue)."""
+    return f"{events_key}:processing"

@@ -3,10 +3,16 @@
 Two sources of events:
 
 * MinIO bucket notifications with a Redis target in ``access`` format: MinIO
-  RPUSHes one JSON entry per event to a list (``LABELQ_EVENTS_KEY``); we BLPOP it.
+  RPUSHes one JSON entry per event to a list (``LABELQ_EVENTS_KEY``); we BLMOVE each
+  to a processing list and remove it from there only once its tasks are published
+  (a reliable queue: a listener that stops or dies loses nothing; the next replays it).
 * AWS S3 event notifications to SQS (directly, or through SNS): we long-poll the
   queue (``LABELQ_SQS_QUEUE_URL``) and delete each message once its objects are
   enqueued.
+
+Nothing is removed before it is safely queued: while the broker (or Redis) is down,
+publishing is retried with backoff for ``LABELQ_OUTAGE_WAIT`` seconds; past that
+``listen`` exits non-zero with one line, and the event waits for the next listener.
 
 Events are parsed and validated (``s3:ObjectCreated:*`` only; test events and
 other kinds are skipped; malformed ones logged and dropped). Duplicates are
@@ -29,6 +35,7 @@ from . import keys
 from .config import Settings
 from .jobs import JobBook
 from .objects import ObjectRef, s3_uri, split_s3
+from .retrying import is_outage
 from .tasks import LIVE_TASK
 
 logger = logging.getLogger(__name__)
@@ -119,6 +126,7 @@ class Listener:
 
             self.skip_prefix = load_policy(settings.policy).quarantine_prefix
         self.enqueued = self.duplicates = self.bad = 0
+        self.failure = ""  # set when a listener thread cannot go on: `listen` exits non-zero with it
         book.open(job, source="listen", models=models)
 
     def handle(self, uploads: Iterable[Upload]) -> int:
@@ -152,17 +160,75 @@ class Listener:
             logger.warning("dropping a malformed event: %s", exc)
             return 0
 
+    def safely(self, step: Any, what: str) -> Any:
+        """Run ``step``; while Redis/the broker is unreachable, retry with backoff for up to LABELQ_OUTAGE_WAIT
+        seconds (logged once as "degraded"); past that, :class:`CannotGoOn` with one line."""
+        from .retrying import through_outage
+
+        told: list[bool] = []
+
+        def waiting(exc: BaseException, delay: float) -> None:
+            if not told:
+                told.append(True)
+                logger.warning("listen degraded: could not %s (%s: %s); retrying with backoff for up to %.0fs, the "
+                               "event stays in Redis until it is queued", what, type(exc).__name__, exc,
+                               self.settings.outage_wait)
+
+        try:
+            out = through_outage(step, what=what, wait=self.settings.outage_wait, on_wait=waiting)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            raise CannotGoOn(f"could not {what} for {self.settings.outage_wait:g}s ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}); the event is kept and is queued when "
+                             "`labelq listen` starts again") from None
+        if told:
+            logger.warning("listen recovered: %s", what)
+        return out
+
+    def run(self, source: Any) -> None:
+        """A listener thread's body: ``source()`` until stopped; a failure stops every thread, with one line."""
+        try:
+            source()
+        except CannotGoOn as exc:
+            self.failure = str(exc)
+        except Exception as exc:
+            logger.debug("listener failed", exc_info=True)
+            self.failure = " ".join(f"{type(exc).__name__}: {exc}".split())
+        finally:
+            if self.failure:
+                self.stop.set()
+
     def run_minio(self, key: str | None = None, *, poll: float = 1.0) -> None:
-        """BLPOP MinIO's Redis event list until stopped."""
+        """Move MinIO's events one at a time to a processing list; remove each only once it is queued.
+
+        A reliable queue: BLMOVE takes the oldest event from ``key`` to ``key`` + ``:processing``
+        in one atomic step; it leaves the processing list only after its live tasks are
+        published. Events left there by a listener that stopped (or died) are replayed first.
+        """
         key = key or self.settings.events_key
+        processing = keys.events_processing(key)
         logger.info("listening to MinIO events on Redis list %s", key)
+        left = self.safely(lambda: self.redis.lrange(processing, 0, -1), f"read {processing}")
+        if left:
+            logger.info("replaying %d events a previous listener took but did not queue", len(left))
+        for raw in left:
+            self._deliver(raw, processing)
         while not self.stop.is_set():
-            item = self.redis.blpop([key], timeout=poll)
-            if item is not None:
-                self.handle_raw(item[1])
+            raw = self.safely(lambda: self.redis.blmove(key, processing, poll, "LEFT", "RIGHT"), f"read {key}")
+            if raw is not None:
+                self._deliver(raw, processing)
+
+    def _deliver(self, raw: Any, processing: str) -> None:
+        self.safely(lambda: self.handle_raw(raw), "queue an event's live tasks on the broker")
+        self.safely(lambda: self.redis.lrem(processing, 1, raw), f"remove a queued event from {processing}")
 
     def run_sqs(self, queue_url: str | None = None, *, client: Any = None, wait: int = 5) -> None:
-        """Long-poll an SQS queue of S3 notifications until stopped; delete what was handled."""
+        """Long-poll an SQS queue of S3 notifications until stopped; delete a message only once it is queued.
+
+        A message whose tasks cannot be published is not deleted: SQS hands it out again after its
+        visibility timeout (to this listener, or to the next one).
+        """
         import boto3
 
         queue_url = queue_url or self.settings.sqs_queue_url
@@ -172,5 +238,10 @@ class Listener:
         while not self.stop.is_set():
             resp = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait)
             for msg in resp.get("Messages", []):
-                self.handle_raw(msg.get("Body", ""))
+                body = msg.get("Body", "")
+                self.safely(lambda body=body: self.handle_raw(body), "queue an event's live tasks on the broker")
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msg["ReceiptHandle"])
+
+
+class CannotGoOn(Exception):
+    """The broker or Redis stayed unreachable past LABELQ_OUTAGE_WAIT: `listen` exits non-zero with this line."""

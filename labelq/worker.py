@@ -55,7 +55,10 @@ class Runtime:
         quiet_libraries()
         self.settings = settings
         self.name = name
-        self.services = open_services(settings)
+        self.services = open_services(settings, check=False)
+        self.watch = watch_services(settings, self.services.redis, name)
+        self.through_outage(self.services.redis.ping, "reach the job state Redis", "job state (redis)")
+        self.watch.start()
         self.book = self.services.book
         self.records = self.services.records
         self.classifiers: dict[str, Any] = {}
@@ -70,17 +73,22 @@ class Runtime:
             broker = connect(settings.broker_url, master=settings.sentinel_master) if is_redis_url(settings.broker_url) else None
             if broker is not None:
                 self.metrics.watch_queue(broker, [settings.queue, settings.live_queue], self.book)
+            from .health import register_metrics
+
+            register_metrics(self.watch, self.metrics.registry)
             self.metrics.serve(settings.metrics_port)
         self.engine: Any = None  # made with the first chunk's classifiers
         self._stores = Stores(settings)
         self._batcher: Any = None
         self.moderator: Any = None
+        self.outbox: Any = None  # the moderation outbox's deliverer (a thread), with a policy
         self._moderation = ThreadPoolExecutor(1, thread_name_prefix="labelq-moderate")
         self._moderation_slots = threading.BoundedSemaphore(64)
         if settings.policy is not None:
-            from .moderation import Moderator, load_policy
+            from .moderation import Deliverer, Moderator, load_policy
 
             self.moderator = Moderator(load_policy(settings.policy), redis=self.services.redis, stores=self._stores)
+            self.outbox = Deliverer(self.services.redis, timeout=settings.outbox_timeout).start()
             logger.info("moderation policy %s (version %s)", settings.policy, self.moderator.policy.version)
         for model in settings.models:
             self.classifier(model)
@@ -221,9 +229,13 @@ class Runtime:
             if not records:
                 return None
         start = time.perf_counter()
-        with self._write_lock:
+
+        def write() -> None:  # idempotent: records are upserts, counts are per position of the chunk
             self.records.write(records, chunk=chunk)
             self.book.record(job, items)
+
+        with self._write_lock:
+            self.through_outage(write, f"write {len(records)} records of job {job}", "job state (redis)")
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - start, len(records))
             self.metrics.observe_records(records)
@@ -231,6 +243,17 @@ class Runtime:
             return None
         self._moderation_slots.acquire()  # bounded: a writer far ahead of the actions waits
         return self._moderation.submit(self._moderate, records)
+
+    def through_outage(self, step: Any, what: str, service: str) -> Any:
+        """Run ``step``; while Redis/the broker is unreachable, say "degraded" and retry with backoff for up to
+        ``LABELQ_OUTAGE_WAIT`` seconds (then the error goes up: the chunk is not acknowledged)."""
+        from .retrying import through_outage
+
+        def waiting(exc: BaseException, delay: float) -> None:
+            self.watch.failed(service, exc)
+            logger.info("%s: could not %s (%s); trying again in %.1fs", self.name, what, type(exc).__name__, delay)
+
+        return through_outage(step, what=what, wait=self.settings.outage_wait, on_wait=waiting)
 
     def write_live(self, job: str, records: list[Any]) -> Future[None] | None:
         """The live path's records: each upload is a chunk of its own (``live:`` + a digest of uri and etag)."""
@@ -261,6 +284,27 @@ class Runtime:
                                         max_batch_size=self.settings.max_batch_size,
                                         batch_timeout=self.settings.batch_timeout)
             return self._batcher
+
+
+def watch_services(settings: Settings, redis: Any, name: str) -> Any:
+    """This worker's :class:`labelq.health.Watch`: the job Redis, and the broker when it is another server."""
+    from .health import Watch
+    from .redis_client import connect
+
+    probe = connect(settings.jobs_redis, check=False, retries=0)  # its own client: one quick try per probe
+    probes: dict[str, Any] = {"job state (redis)": probe.ping}
+    if settings.broker_url != settings.jobs_redis:
+        if is_redis_url(settings.broker_url):
+            probes["broker"] = connect(settings.broker_url, check=False, retries=0).ping
+        else:
+            from kombu import Connection
+
+            def broker() -> None:
+                with Connection(settings.broker_url, connect_timeout=3) as conn:
+                    conn.ensure_connection(max_retries=0)
+
+            probes["broker"] = broker
+    return Watch(probes, who=f"worker {name}")
 
 
 def live_chunk(uri: str, etag: str | None) -> str:
@@ -398,7 +442,8 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
     chunk = chunk or chunk_id(job, models, [r[0] for r in refs])
     try:
         rt = runtime(getattr(self.request, "hostname", None))
-        if rt.book.started(job, chunk, rt.settings.chunk_deadline):
+        if rt.through_outage(lambda: rt.book.started(job, chunk, rt.settings.chunk_deadline),
+                             f"start job {job} chunk {chunk}", "job state (redis)"):
             # The "done" mark is a cache: the records decide (a Redis restarted empty can take records
             # written before it while a mark written after it stands).
             if len(rt.recorded(job, [r[0] for r in refs], models)) >= len({r[0] for r in refs}) * len(models):
@@ -412,7 +457,9 @@ def label_chunk(self: Any, job: str, refs: list[Any], models: list[str], chunk: 
             images, records = rt.label(job, refs, models, chunk)
         finally:
             rt.drop(job, chunk)
-        if rt.book.chunk_done(job, chunk) == "verifying" and rt.healer is not None:
+        state = rt.through_outage(lambda: rt.book.chunk_done(job, chunk), f"finish job {job} chunk {chunk}",
+                                  "job state (redis)")
+        if state == "verifying" and rt.healer is not None:
             rt.healer.wake()  # the counters say the job is complete: verify it against the records now
     except (Retry, Reject):
         raise
@@ -542,4 +589,4 @@ def labelq_info(state: Any) -> dict[str, Any]:
     devices = sorted(set(models.values()))
     root = rt.settings.local_root
     return {"device": devices[0] if len(devices) == 1 else devices, "models": sorted(models), "ready": True,
-            "local_root": str(root) if root else None}
+            "local_root": str(root) if root else None, "health": rt.watch.state()}

@@ -429,6 +429,7 @@ def ping(
 ) -> None:
     """Check broker, job Redis, result store, storage and workers; non-zero exit if any is down."""
     from ..health import ping as do_ping
+    from ..health import summary
 
     settings = load_settings()
     setup_logging(settings, quiet=True)
@@ -438,8 +439,15 @@ def ping(
         out.print(f"{mark} {check.name}: {escape(check.detail)}", highlight=False, soft_wrap=True)
     for name, info in sorted(replies.items()):
         models = ", ".join(info.get("models", [])) or "(none loaded)"
-        out.print(f"     {escape(name)}: device {info.get('device')}, models {escape(models)}", highlight=False)
-    if not all(c.ok for c in checks):
+        health = info.get("health") or {}
+        down = "; ".join(f"{k} down: {v}" for k, v in (health.get("down") or {}).items())
+        out.print(f"     {escape(name)}: device {info.get('device')}, models {escape(models)}"
+                  + (f", degraded ({escape(down)})" if down else ""), highlight=False, soft_wrap=True)
+    word = summary(checks, replies)
+    if word == "degraded":
+        out.print("degraded: a service is down; workers keep what they hold and wait for it (nothing is lost)",
+                  highlight=False)
+    if word != "ok":
         raise typer.Exit(1)
 
 
@@ -467,9 +475,9 @@ def listen(
 
     threads = []
     if minio:
-        threads.append(threading.Thread(target=listener.run_minio, name="minio", daemon=True))
+        threads.append(threading.Thread(target=listener.run, args=(listener.run_minio,), name="minio", daemon=True))
     if settings.sqs_queue_url:
-        threads.append(threading.Thread(target=listener.run_sqs, name="sqs", daemon=True))
+        threads.append(threading.Thread(target=listener.run, args=(listener.run_sqs,), name="sqs", daemon=True))
     for t in threads:
         t.start()
     try:
@@ -478,5 +486,8 @@ def listen(
     finally:
         listener.stop.set()
         err.print(f"enqueued {listener.enqueued}, duplicates {listener.duplicates}, malformed {listener.bad}")
+    if listener.failure:
+        err.print(f"[red]error:[/red] labelq listen: {escape(listener.failure)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 

@@ -34,6 +34,7 @@ def console(
 
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
+    settings.jobs_redis  # noqa: B018 - no Redis named for job state: one line (exit 2) before the banner
     Auth(settings).require_configured()  # who may sign in, before a URL nobody could use is printed
     if settings.policy is not None:  # the review pages show its rules: a bad file is an error now, not a blank later
         from ..moderation import load_policy
@@ -80,6 +81,35 @@ def moderate_apply(
     verb = "would take" if dry_run else "took"
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(total.items())) or "nothing to do"
     err.print(f"policy {moderator.policy.version} {verb} {sum(total.values())} actions ({summary})", markup=False)
+    if not dry_run and moderator.policy.webhook:
+        from ..moderation import Deliverer
+
+        left = Deliverer(book.redis, timeout=settings.outbox_timeout).drain(OUTBOX_DRAIN_S)
+        err.print(f"outbox: {left['waiting']} notifications waiting (a worker with the policy delivers them), "
+                  f"{left['dead']} dead-lettered (`labelq moderate outbox`)", markup=False)
+
+
+OUTBOX_DRAIN_S = 60.0  # seconds `moderate apply` delivers the outbox before it leaves the rest to the workers
+
+
+@moderate_app.command("outbox")
+@clean_errors
+def moderate_outbox() -> None:
+    """The notification outbox: how many wait, and every dead-lettered one with its last error."""
+    import json
+
+    from ..moderation.outbox import counts, dead_letters
+    from ..services import open_services
+
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    redis = open_services(settings).redis
+    c = counts(redis)
+    out.print(f"waiting {c['waiting']}, dead {c['dead']}", highlight=False)
+    for entry in dead_letters(redis):
+        out.print(json.dumps({"uri": entry["body"]["uri"], "policy_version": entry["body"]["policy_version"],
+                              "url": entry["url"], "attempts": entry["attempts"], "error": entry.get("error")}),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @moderate_app.command("audit")

@@ -3,7 +3,8 @@
 * :mod:`.rules` — the policy file, parsed and validated; which rules a record fires
 * :mod:`.moderator` — :class:`Moderator`: plan, act once per object, audit; ``keep`` for the writer
 * :mod:`.actions` — tag, copy, move on S3 and in the local root (never through a link)
-* :mod:`.notify` — Redis stream and webhook (retried with backoff)
+* :mod:`.outbox` — notifications: queued with the audit entry, delivered by their own thread
+* :mod:`.notify` — a foreground webhook POST (retried with backoff)
 * :mod:`.audit` — the audit trail: append, read back, export
 """
 
@@ -12,12 +13,14 @@ from __future__ import annotations
 from .audit import AUDIT_FIELDS, Action, iter_audit, write_audit
 from .moderator import Moderator
 from .notify import post_json
+from .outbox import Deliverer
 from .rules import ACTIONS, Policy, Rule, load_policy
 
 __all__ = [
     "ACTIONS",
     "AUDIT_FIELDS",
     "Action",
+    "Deliverer",
     "Moderator",
     "Policy",
     "Rule",

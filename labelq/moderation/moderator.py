@@ -16,10 +16,9 @@ from ..errors import LabelqError
 from ..objects import Stores
 from ..records import Record, utcnow
 from ..reviews import ReviewStore
-from . import audit
+from . import audit, outbox
 from .actions import take
 from .audit import Action
-from .notify import notify
 from .rules import Policy
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,8 @@ class Moderator:
         for action, fld, prior in zip(planned, fields, done, strict=True):
             # Done means done to this record of the object. A new upload at the same key (even of the same
             # bytes, after a move) is labelled anew and acted on again; re-applying a policy to stored
-            # records is not. Notifications are therefore at least once when a chunk is redelivered.
+            # records is not. A redelivered chunk plans a notification again; the outbox drops it (one
+            # notification per object version and policy version).
             if (prior is None or _acted_on(prior) != action.version_key) and fld not in seen:
                 seen.add(fld)
                 fresh.append(action)
@@ -98,13 +98,19 @@ class Moderator:
         return actions
 
     def _audit(self, actions: Sequence[Action]) -> None:
-        """The audit entries, the once-only bookkeeping and the review items, in one transaction."""
+        """The audit entries, the once-only bookkeeping, the review items and the outbox's notifications, in one
+        transaction."""
+        p = self.policy
         pipe = self.redis.pipeline(transaction=True)
         audit.append(pipe, actions)
         ReviewStore(self.redis).add(actions, pipeline=pipe)  # objects moved, copied or tagged wait for review
         for a in actions:
             if a.result == "ok":
                 pipe.hset(keys.ACTIONS, f"{a.uri}{keys.SEP}{a.action}", f"{a.policy_version}{keys.SEP}{a.version_key}")
+                if a.action == "notify":
+                    outbox.queue(pipe, a, stream=p.stream, webhook=p.webhook, attempts=p.webhook_attempts)
+                elif a.action == "move":
+                    outbox.forget(pipe, a)
         pipe.execute()
 
     def in_quarantine(self, uri: str) -> bool:
@@ -123,9 +129,9 @@ class Moderator:
         return {u for u, v in zip(uris, found, strict=True) if v is not None}
 
     def _do(self, a: Action) -> str:
-        if a.action == "notify":
+        if a.action == "notify":  # queued with the audit entry (see _audit), sent by the outbox's thread
             p = self.policy
-            return notify(a, redis=self.redis, stream=p.stream, webhook=p.webhook, attempts=p.webhook_attempts)
+            return ", ".join([f"stream {p.stream}"] * bool(p.stream) + ["webhook (outbox)"] * bool(p.webhook))
         return take(a, self.stores, self.policy.quarantine_prefix)
 
 

@@ -1,4 +1,8 @@
-"""Notifications of actions taken: a Redis stream entry and/or a webhook POST, retried with backoff."""
+"""A webhook POST retried with backoff, for callers that send in the foreground.
+
+The moderator does not send here: its notifications go through the outbox
+(:mod:`.outbox`), queued with the action's bookkeeping and delivered by their own thread.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,8 @@ import urllib.request
 from typing import Any
 
 from ..retrying import backoff
-from .audit import Action
 
-STREAM_MAXLEN = 1_000_000  # entries kept in the notification stream (approximate trim)
 WEBHOOK_BACKOFF = (0.2, 5.0)  # seconds: base and cap of the delay between webhook attempts
-
-
-def payload(a: Action) -> dict[str, Any]:
-    """What a notification says about an action."""
-    return {"uri": a.uri, "model": a.model, "label": a.label, "score": a.score,
-            "policy_version": a.policy_version, "job": a.job or ""}
-
-
-def notify(a: Action, *, redis: Any, stream: str | None, webhook: str | None, attempts: int) -> str:
-    """Send one notification to the stream and/or the webhook; returns where it went."""
-    sent = []
-    body = payload(a)
-    if stream:
-        redis.xadd(stream, {k: str(v) for k, v in body.items()}, maxlen=STREAM_MAXLEN, approximate=True)
-        sent.append(f"stream {stream}")
-    if webhook:
-        post_json(webhook, body, attempts=attempts)
-        sent.append("webhook")
-    return ", ".join(sent)
 
 
 def post_json(url: str, payload: dict[str, Any], *, attempts: int = 4, timeout: float = 5.0) -> None:

@@ -86,7 +86,7 @@ def test_a_worker_whose_model_does_not_load_exits_and_takes_no_chunk(
     cli(["enqueue", str(tmp_path / "in"), "--job", "J"], env, cwd=tmp_path).check()
     assert queue_length(redis_client) == 2
     bad_model = tmp_path / "no-such-model" if fault == "missing folder" else broken_copy(tiny_vit, tmp_path / "bad")
-    bad = procs.worker(env_for(redis_url, models=[bad_model]), ready=False)
+    bad = procs.worker(env_for(redis_url, models=[bad_model], worker_restarts=0), ready=False)
     assert bad.wait(120) != 0
     lines = [line for line in bad.text().splitlines() if "cannot start, not consuming" in line]
     assert lines and str(bad_model.name) in lines[0]
