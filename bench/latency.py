@@ -152,7 +152,7 @@ class Run:
     def wait_acted(self, uris: list[str], timeout: float) -> dict[str, list[Any]]:
         """Until every uri has its record and its actions audited; the audit entries per uri."""
         from labelq import keys
-        from labelq.policy import iter_audit
+        from labelq.moderation import iter_audit
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and None in self.client.hmget(keys.records(self.model), uris):

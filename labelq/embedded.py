@@ -31,6 +31,7 @@ from .config import Settings
 from .errors import UsageError
 from .objects import ObjectRef, Stores
 from .records import Record, RecordWriter, format_for
+from .results.base import RecordStore
 from .sources import Source, iter_source, parse_source
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def run_embedded(
 ) -> Summary:
     """Label a source in-process; returns what happened (``interrupted`` after Ctrl-C)."""
     from .models import check_model
-    from .results.sql import SQLStore
+    from .results import open_store
 
     source = parse_source(source_text, suffixes=settings.suffixes)
     fmt = prepare_output(out_file) if out_file is not None else None
@@ -145,7 +146,7 @@ def run_embedded(
                       f"{'entry' if total == 1 else 'entries'}", highlight=False, markup=False, soft_wrap=True)
     for name in settings.models:
         check_model(name)  # every model name, before the first (slow) load
-    store = SQLStore(settings.db_url)
+    store = open_store(settings.db_url, settings=settings)  # --db is any record store's URL, as the workers' is
     summary = Summary(job=job, out_file=out_file, opening_seconds=opening, force=force, unkept=unkept)
     try:
         return _label(listing, total, store, settings, summary, fmt=fmt, force=force, progress=progress,
@@ -261,7 +262,7 @@ class _Listed:
         return self.n / max(time.perf_counter() - self.start, 1e-9)
 
 
-def _label(listing: _Listed, total: int | None, store: Any, settings: Settings, summary: Summary, *,
+def _label(listing: _Listed, total: int | None, store: RecordStore, settings: Settings, summary: Summary, *,
            fmt: str | None, force: bool, progress: bool, console: Any, stores: Stores) -> Summary:
     from .engine import Engine
     from .models import load_classifier
@@ -327,7 +328,7 @@ def _count(summary: Summary, records: Sequence[Record]) -> None:
             summary.errors[rec.error_kind or "model_error"] += 1
 
 
-def skip_done_keeping(refs: Iterable[ObjectRef], store: Any, models: Sequence[str], revisions: dict[str, Any],
+def skip_done_keeping(refs: Iterable[ObjectRef], store: RecordStore, models: Sequence[str], revisions: dict[str, Any],
                keep: Any) -> Iterator[ObjectRef]:
     """Refs not yet done by every model; the stored records of those that are go to ``keep``."""
     from .results import settled

@@ -40,6 +40,7 @@ from .jobs import JobBook, chunk_id
 from .objects import ObjectRef, Stores
 from .producer import publish, queued_messages
 from .redis_client import connect, is_redis_url
+from .results.base import RecordStore
 from .sources import iter_listing, parse_source
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _groups(pairs: Iterator[tuple[ObjectRef, str]], size: int) -> Iterator[list[
         yield group
 
 
-def verify(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: Any, retryable: bool = False,
+def verify(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: RecordStore, retryable: bool = False,
            tick: Callable[[], object] | None = None) -> Verified:
     """Check the job's records against its source; publish again what is missing; settle the counters.
 
@@ -205,7 +206,7 @@ def _lost(settings: Settings, app: Any, overdue: dict[str, list[str]]) -> dict[s
 # ------------------------------------------------------------------------------------------ a round
 
 
-def heal_round(settings: Settings, *, app: Any, book: JobBook, store: Any,
+def heal_round(settings: Settings, *, app: Any, book: JobBook, store: RecordStore,
                tick: Callable[[], object] | None = None) -> HealReport:
     """One heal round over the active jobs (the caller holds the heal lock)."""
     report = HealReport()
@@ -267,7 +268,7 @@ def _republish(settings: Settings, app: Any, book: JobBook, job: str, chunk: str
 class Healer:
     """A worker's heal thread: heartbeats for the chunks in its hands, and heal rounds under the lock."""
 
-    def __init__(self, settings: Settings, *, app: Any, book: JobBook, store: Any, name: str,
+    def __init__(self, settings: Settings, *, app: Any, book: JobBook, store: RecordStore, name: str,
                  in_hand: Callable[[], Sequence[tuple[str, str]]],
                  on_republish: Callable[[int], None] | None = None) -> None:
         import threading

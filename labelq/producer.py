@@ -29,6 +29,7 @@ from .errors import SourceError, UsageError
 from .jobs import JobBook, JobInfo, chunk_id, new_job_id
 from .objects import ObjectRef, Stores
 from .results import settled
+from .results.base import RecordStore
 from .sources import iter_listing, parse_source
 from .tasks import CHUNK_TASK
 
@@ -64,7 +65,7 @@ def enqueue(
     *,
     app: Any,
     book: JobBook,
-    store: Any,
+    store: RecordStore,
     job: str | None = None,
     models: Sequence[str] | None = None,
     chunk_size: int | None = None,
@@ -135,7 +136,7 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store: Any, job_id: str, info: JobInfo,
+def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store: RecordStore, job_id: str, info: JobInfo,
              models: list[str], size: int, force: bool, priority: int | None, token: str, wait_for_room: bool,
              progress: Callable[[int], None] | None) -> EnqueueResult:
     book.listing(job_id)
@@ -255,7 +256,7 @@ def _reserve(book: JobBook, job_id: str, cid: str, settings: Settings, token: st
         delay = min(delay * 2, 2.0)
 
 
-def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: Any) -> int:
+def retry(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: RecordStore) -> int:
     """Re-run a job's dead-lettered chunks, then publish again every object whose records are missing or
     failed with a retryable kind (``RETRYABLE_KINDS``), as the record store says (not Redis' failure list,
     which a Redis loss may have emptied). Returns how many objects were sent again."""

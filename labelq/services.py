@@ -18,6 +18,7 @@ from .errors import UsageError
 from .jobs import JobBook, JobInfo
 from .records import Record
 from .redis_client import connect
+from .results.base import RecordStore
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Services:
     settings: Settings
     redis: Any
     book: JobBook
-    records: Any
+    records: RecordStore
     _app: Any = field(default=None, repr=False)
 
     @property

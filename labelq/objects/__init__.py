@@ -95,7 +95,7 @@ class Stores:
         self._made: dict[type[Any], Any] = {LocalStore: self.local}
         self._lock = threading.Lock()  # fetch threads race here on a fresh worker: one client, not sixteen
 
-    def store(self, uri: str) -> Any:
+    def store(self, uri: str) -> ObjectStore:
         """The store of ``uri``'s scheme; ``AccessDenied`` (an error record, not a crash) when none serves it."""
         scheme = scheme_of(uri)
         cls = store_class(scheme)
@@ -106,12 +106,14 @@ class Stores:
             made = self._made.get(cls)
             if made is None:
                 made = self._made[cls] = cls.from_settings(self.settings, **self._options)
-            return made
+            store: ObjectStore = made
+            return store
 
     @property
     def s3(self) -> S3Store:
         """The S3 store (S3 Inventory reports and S3 event sources are S3 things)."""
-        store: S3Store = self.store("s3://")
+        store = self.store("s3://")
+        assert isinstance(store, S3Store)
         return store
 
     def fetch(self, ref: ObjectRef) -> bytes:

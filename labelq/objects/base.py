@@ -78,6 +78,7 @@ class ObjectStore(Protocol):
     schemes: ClassVar[tuple[str, ...]]  # the URI schemes this store serves
     listable: ClassVar[bool]  # a prefix URI of this scheme names a set of objects (a bucket, a folder)
     actions: ClassVar[bool]  # tag / copy / move are supported (moderation)
+    taggable: ClassVar[bool]  # tags (or metadata standing for them) can be written
 
     def fetch(self, ref: ObjectRef) -> bytes:
         """The object's bytes (at most LABELQ_MAX_BYTES, else ``TooLarge``)."""
@@ -100,6 +101,9 @@ class ObjectStore(Protocol):
 
     def move(self, uri: str, dest_uri: str) -> None:
         """Move an object (copy, then delete the source, where the store cannot rename)."""
+
+    def restore(self, uri: str, dest_uri: str) -> None:
+        """Put a quarantined object back where it was (a move the other way)."""
 
     def quarantine_uri(self, uri: str, prefix: str) -> str:
         """Where quarantine under ``prefix`` puts ``uri`` (same bucket or root)."""

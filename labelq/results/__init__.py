@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UsageError
-from ..redis_client import is_redis_url
+from ..urls import REDIS_SCHEMES
 from .base import RecordStore, RevisionCounts, count_revisions, is_final, older_revisions, settled, skip_done
 from .parquet import ParquetStore
 from .redis import RedisStore
@@ -37,25 +37,35 @@ __all__ = [
 ]
 
 
+# URL scheme → "module:Class" under labelq.results; each class has ``from_url(url, **kwargs)``. A new record store
+# is one module and one line here (the class imported on first use: deltalake loads only for delta:// URLs).
+SCHEMES: dict[str, str] = {
+    **{scheme: "redis:RedisStore" for scheme in REDIS_SCHEMES},
+    "sqlite": "sql:SQLStore",
+    "postgresql": "sql:SQLStore",
+    "postgres": "sql:SQLStore",
+    "parquet": "parquet:ParquetStore",
+    "parquet+s3": "parquet:ParquetStore",
+    "delta": "lake:DeltaStore",
+    "delta+s3": "lake:DeltaStore",
+}
+
+
 def open_store(url: str, **kwargs: Any) -> Any:
-    """A record store by URL: redis://, rediss://, unix://; sqlite:// or postgresql://; parquet:///abs/folder or
-    parquet+s3://bucket/prefix; delta:///abs/folder or delta+s3://bucket/prefix. ``kwargs``: ``ttl`` (Redis),
-    ``pg_method`` (SQL), ``settings``/``s3_client`` (Parquet and Delta on S3; Delta: ``settings`` also names the
-    job Redis its writers share commit batches through); a store ignores the ones it has no use for."""
+    """A record store by URL: redis://, rediss://, unix://, sentinel://; sqlite:// or postgresql://;
+    parquet:///abs/folder or parquet+s3://bucket/prefix; delta:///abs/folder or delta+s3://bucket/prefix.
+    ``kwargs``: ``ttl`` (Redis), ``pg_method`` (SQL), ``settings``/``s3_client`` (Parquet and Delta on S3; Delta:
+    ``settings`` also names the job Redis its writers share commit batches through); a store ignores the ones
+    it has no use for."""
+    from importlib import import_module
+
     from ..config import redact
 
-    if is_redis_url(url):
-        return RedisStore.from_url(url, **kwargs)
-    if url.startswith(("sqlite:", "postgresql", "postgres:")):
-        return SQLStore(url, **kwargs)
-    if url.startswith(("parquet://", "parquet+s3://")):
-        return ParquetStore.from_url(url, **kwargs)
-    if url.startswith(("delta://", "delta+s3://")):
-        from .lake import DeltaStore  # imports deltalake only when asked for
-
-        return DeltaStore.from_url(url, **kwargs)
-    raise UsageError(
-        f"unsupported result store {redact(url)}: use redis://, sqlite:///, postgresql://, parquet:///, parquet+s3://, "
-        "delta:/// or delta+s3://"
-    )
-
+    scheme = url.split(":", 1)[0].lower()
+    entry = SCHEMES.get(scheme) or SCHEMES.get(scheme.split("+", 1)[0])  # postgresql+psycopg: SQLAlchemy's driver form
+    if entry is None:
+        raise UsageError(f"unsupported result store {redact(url)}: use "
+                         + ", ".join(sorted({f"{s}://" for s in SCHEMES if s not in REDIS_SCHEMES} | {"redis://"})))
+    module, name = entry.split(":")
+    cls = getattr(import_module(f"{__name__}.{module}"), name)
+    return cls.from_url(url, **kwargs)

@@ -45,6 +45,10 @@ class SQLStore:
 
     per_chunk = False
 
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> SQLStore:
+        return cls(url, **kwargs)
+
     def __init__(self, url: str, *, pg_method: str = "copy", **_: Any) -> None:
         import sqlalchemy as sa
 

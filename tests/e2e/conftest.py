@@ -32,8 +32,9 @@ import pytest
 from PIL import Image
 
 from labelq.testing import CORPUS_MAX_PIXELS, VIT_LABELS, VIT_PROCESSOR, make_photos
-from tests.procs import LABELQ, Procs
-from tests.servers import HOST, RedisServer
+from tests.support.procs import HOST
+from tests.support.redis import RedisServer
+from tests.support.workers import LABELQ, Procs
 
 # ---------------------------------------------------------------- labelq run (test_run_cli.py)
 

@@ -11,7 +11,7 @@ import labelq
 from labelq import JobStalled, UsageError
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import RedisDB, put_objects
-from tests.procs import Procs, labelq_env
+from tests.support.workers import Procs, labelq_env
 
 pytestmark = pytest.mark.slow
 

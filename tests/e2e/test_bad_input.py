@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import RedisDB, job_hash
-from tests.procs import cli, labelq_env
+from tests.support.workers import cli, labelq_env
 from tests.unit.test_sources import KEPT, ROWS, write_report
 
 
@@ -132,7 +132,7 @@ def _pg_url(postgres_server: Any, *, userinfo: str, port: int | None = None) -> 
 @pytest.mark.parametrize("where", ["password-with-at", "password-as-user", "unreachable"])
 def test_a_results_url_password_appears_in_no_output_or_log(
         tmp_path: Path, redis_db: RedisDB, postgres_server: Any, tiny_vit: Path, where: str) -> None:
-    from tests.procs import free_port
+    from tests.support.procs import free_port
 
     if where == "password-with-at":  # the real server (trust auth): the URL works, its password stays hidden
         url = _pg_url(postgres_server, userinfo=f"postgres:{SECRET}")

@@ -35,8 +35,8 @@ from labelq.objects import Stores, s3_uri
 from labelq.records import utcnow
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import RedisDB, put_objects
-from tests.procs import Procs, cli, labelq_env, wait_until
-from tests.servers import HOST, free_port
+from tests.support.procs import HOST, free_port, wait_until
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 

@@ -24,18 +24,9 @@ from labelq.records import Record
 from labelq.results import TABLE
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import RedisDB, job_hash, put_objects
-from tests.procs import (
-    Procs,
-    RedisMonitor,
-    Worker,
-    by_key,
-    cli,
-    labelq_env,
-    queue_length,
-    queued_chunks,
-    read_jsonl,
-    wait_until,
-)
+from tests.support.procs import wait_until
+from tests.support.redis import RedisMonitor, queue_length, queued_chunks
+from tests.support.workers import Procs, Worker, by_key, cli, labelq_env, read_jsonl
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 VIT_LABELS = {"normal", "nsfw"}

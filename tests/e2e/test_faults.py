@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import job_hash, put_objects
-from tests.procs import Procs, by_key, cli, labelq_env, queue_length, read_jsonl, wait_until
+from tests.support.procs import wait_until
+from tests.support.redis import queue_length
+from tests.support.workers import Procs, by_key, cli, labelq_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 

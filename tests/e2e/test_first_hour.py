@@ -28,8 +28,8 @@ from labelq.objects import file_uri
 from labelq.records import read_records
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import PHOTOS, RUN_ENV, RedisDB, Result, jpeg, labelq
-from tests.procs import LABELQ, Procs, free_port
-from tests.support.workers import labelq_env
+from tests.support.procs import free_port
+from tests.support.workers import LABELQ, Procs, labelq_env
 from tests.unit.test_first_hour import UNREACHABLE, fake_cache
 
 SUMMARY = re.compile(r"labelled (\d+) images?, (\d+) failed, (\d+) skipped as already done \((\d+) records?\)")

@@ -18,8 +18,9 @@ import pytest
 from labelq.redis_client import connect
 from tests.conftest import _need
 from tests.e2e.conftest import job_hash
-from tests.procs import Procs, by_key, cli, labelq_env, read_jsonl, wait_until
+from tests.support.procs import wait_until
 from tests.support.redis import SentinelGroup
+from tests.support.workers import Procs, by_key, cli, labelq_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 

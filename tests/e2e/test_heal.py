@@ -22,8 +22,9 @@ import pytest
 
 from labelq import keys
 from tests.e2e.conftest import job_hash
-from tests.procs import Procs, by_key, cli, labelq_env, queue_length, read_jsonl, wait_until
-from tests.servers import free_port
+from tests.support.procs import free_port, wait_until
+from tests.support.redis import queue_length
+from tests.support.workers import Procs, by_key, cli, labelq_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 

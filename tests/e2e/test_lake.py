@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import put_objects
-from tests.procs import Procs, cli, labelq_env, read_jsonl
+from tests.support.workers import Procs, cli, labelq_env, read_jsonl
 
 
 def test_a_job_lands_in_the_delta_table_and_compacts(redis_url: str, s3_server: Any, s3_client: Any,

@@ -24,8 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from labelq.testing import CORPUS_MAX_PIXELS, Corpus
-from tests.procs import Procs, Worker, cli, labelq_env
-from tests.servers import RedisServer, free_port
+from tests.support.procs import free_port
+from tests.support.redis import RedisServer
+from tests.support.workers import Procs, Worker, cli, labelq_env
 
 CHUNK = 10
 QUEUE = "labelq"

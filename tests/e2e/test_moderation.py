@@ -49,8 +49,9 @@ from labelq.objects import ObjectRef, Stores, file_uri, s3_uri
 from labelq.records import Record, decode_body
 from labelq.testing import texture
 from tests.e2e.conftest import RedisDB
-from tests.procs import HOSTNAME, Proc, Procs, cli, labelq_env, wait_until
-from tests.servers import MotoServer
+from tests.support.moto import MotoServer
+from tests.support.procs import Proc, wait_until
+from tests.support.workers import HOSTNAME, Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 

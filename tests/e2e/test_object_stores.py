@@ -16,8 +16,8 @@ from PIL import Image
 
 from labelq.records import read_records
 from tests.e2e.conftest import RUN_ENV, RedisDB, labelq
-from tests.procs import Procs, cli, labelq_env
 from tests.support.webserver import ImageServer
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from labelq import keys
 from tests.e2e.conftest import put_objects
-from tests.procs import Procs, cli, labelq_env, read_jsonl
+from tests.support.workers import Procs, cli, labelq_env, read_jsonl
 
 
 def test_records_land_in_parquet_on_s3_one_file_per_chunk(redis_url: str, redis_client: Any, s3_server: Any,

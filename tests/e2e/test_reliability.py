@@ -29,20 +29,9 @@ import pytest
 from labelq import keys
 from labelq.testing import CORPUS_MAX_PIXELS
 from tests.e2e.conftest import PasswordRedis, RedisDB, empty_bucket, job_hash, jpeg, png, put_objects
-from tests.procs import (
-    Procs,
-    Worker,
-    by_key,
-    chunk_executions,
-    cli,
-    labelq_env,
-    queue_length,
-    queued_chunks,
-    read_jsonl,
-    unacked_chunks,
-    wait_until,
-)
-from tests.servers import RedisServer
+from tests.support.procs import wait_until
+from tests.support.redis import RedisServer, queue_length, queued_chunks, unacked_chunks
+from tests.support.workers import Procs, Worker, by_key, chunk_executions, cli, labelq_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 

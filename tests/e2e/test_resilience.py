@@ -23,8 +23,9 @@ import pytest
 
 from labelq import keys as lq_keys
 from tests.e2e.test_faults import broken_copy, export, file_uris, once_each, photos, status
-from tests.procs import Procs, cli, free_port, group_members, labelq_env, wait_until
+from tests.support.procs import free_port, group_members, wait_until
 from tests.support.redis import RedisServer
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 

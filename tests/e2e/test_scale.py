@@ -22,18 +22,9 @@ import pytest
 
 from labelq import keys
 from tests.e2e.conftest import RedisDB, job_hash
-from tests.procs import (
-    LABELQ,
-    Procs,
-    Worker,
-    by_key,
-    chunk_executions,
-    cli,
-    labelq_env,
-    queue_length,
-    read_jsonl,
-    wait_until,
-)
+from tests.support.procs import wait_until
+from tests.support.redis import queue_length
+from tests.support.workers import LABELQ, Procs, Worker, by_key, chunk_executions, cli, labelq_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 

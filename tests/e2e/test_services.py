@@ -10,7 +10,7 @@ import redis
 
 from labelq import keys
 from tests.e2e.test_faults import export, file_uris, once_each, photos
-from tests.procs import Procs, cli, labelq_env
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 

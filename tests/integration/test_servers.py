@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
-from tests.servers import MotoServer, PostgresServer, RabbitServer, RedisServer, _group_members
+from tests.support.moto import MotoServer
+from tests.support.postgres import PostgresServer
+from tests.support.procs import group_members as _group_members
+from tests.support.rabbit import RabbitServer
+from tests.support.redis import RedisServer
 
 
 def test_redis_answers(redis_server: RedisServer, redis_client: Any) -> None:
@@ -122,7 +126,7 @@ def test_orphaned_server_is_reaped(tmp_path: Any) -> None:
     """A server whose owner dies without stopping it is killed by its watchdog, its folder deleted."""
     script = (
         "import sys, pathlib; sys.path.insert(0, sys.argv[1]); "
-        "from tests.servers import MotoServer; "
+        "from tests.support.moto import MotoServer; "
         "s = MotoServer(pathlib.Path(sys.argv[2])).start(); print(s.process.pgid, flush=True)"
     )
     root = str(Path(__file__).resolve().parents[2])

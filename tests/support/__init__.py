@@ -12,7 +12,6 @@
 - :mod:`tests.support.workers`: real ``labelq`` processes (workers, the CLI) and the
   environment they get.
 
-tests/servers.py and tests/procs.py re-export these names for the test modules
-that import from them; bench/servers.py adds bench's defaults (logs in
+Test modules import from these modules directly; bench/servers.py adds bench's defaults (logs in
 bench/out/logs, the repo root as working directory). Nothing here imports pytest.
 """

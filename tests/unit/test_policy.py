@@ -341,7 +341,7 @@ def test_a_4xx_from_the_webhook_is_not_retried(hook_factory: Callable[[list[int]
 
 
 def test_an_unreachable_webhook_is_retried_then_raises() -> None:
-    from tests.servers import free_port
+    from tests.support.procs import free_port
 
     with pytest.raises(urllib.error.URLError):
         post_json(f"http://127.0.0.1:{free_port()}/hook", {"uri": "x"}, attempts=2, timeout=1)
