@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 
 from ..errors import RETRYABLE_KINDS, UsageError
 from ..moderation import audit
+from ..results.base import page_records
 from . import review
 from .auth import User
 from .progress import DEAD_LETTERS_PER_KIND, Summary, duration
@@ -135,32 +136,23 @@ def browse_page(request: Request, console: Console, user: User, form: Any) -> Re
     model = q.get("model") or (info.models[0] if info.models else "")
     label, status = q.get("label") or None, q.get("status") or "ok"
     lo, hi = _float(q.get("lo")), _float(q.get("hi"))
-    try:
-        page_no = max(1, int(q.get("page", "1")))
-    except ValueError:
-        page_no = 1
-    skip, found = (page_no - 1) * PAGE_SIZE, []
-    for rec in console.services.job_records(job):
-        if rec.model != model or (rec.status != status and status != "all"):
-            continue
+    after = q.get("after") or None  # the store's cursor: a page reads from there, not every record before it
+
+    def keep(rec: Any) -> bool:
+        if rec.status != status and status != "all":
+            return False
         if label is not None and rec.label != label:
-            continue
+            return False
         if lo is not None and (rec.score is None or rec.score < lo):
-            continue
-        if hi is not None and (rec.score is None or rec.score > hi):
-            continue
-        if skip:
-            skip -= 1
-            continue
-        found.append(rec)
-        if len(found) > PAGE_SIZE:
-            break
+            return False
+        return not (hi is not None and (rec.score is None or rec.score > hi))
+
+    shown, next_after = page_records(console.services.records, job, model, after=after, limit=PAGE_SIZE, keep=keep)
     summary = console.summary(info)
     labels = sorted(summary.labels.get(model, {}))
     filters = {"job": job, "model": model, "label": label, "lo": q.get("lo"), "hi": q.get("hi"), "status": status}
-    shown = found[:PAGE_SIZE]
-    return render(request, "browse.html", info=info, records=shown, more=len(found) > PAGE_SIZE,
-                  page_no=page_no, filters=filters, labels=labels, ranges=SCORE_RANGES,
+    return render(request, "browse.html", info=info, records=shown, next_after=next_after, first=after is None,
+                  filters=filters, labels=labels, ranges=SCORE_RANGES,
                   where=review.locations(console.reviews, shown))
 
 

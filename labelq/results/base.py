@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Protocol
 
@@ -43,6 +43,36 @@ class RecordStore(Protocol):
     def revisions(self, job: str) -> RevisionCounts: ...
 
     def close(self) -> None: ...
+
+
+Keep = Callable[[Record], bool]
+
+
+def page_records(store: Any, job: str, model: str, *, after: str | None, limit: int,
+                 keep: Keep) -> tuple[list[Record], str | None]:
+    """One page of a job's records for ``model`` that ``keep`` accepts, after an opaque ``after`` cursor a
+    previous page returned; returns the records and the next page's cursor (None: no more).
+
+    Stores that can resume a scan (Redis: HSCAN's cursor; SQL: the uri, keyset) read only from the cursor on,
+    so a page costs what it reads, not every record before it (``store.scan_page``). Others are read from
+    the start and the records up to the cursor (a count) are skipped."""
+    native = getattr(store, "scan_page", None)
+    if native is not None:
+        found, cursor = native(job, model, after, limit, keep)
+        return found, cursor
+    skip = int(after or 0)
+    found = []
+    seen = 0
+    for rec in store.iter_records(job):
+        if rec.model != model or not keep(rec):
+            continue
+        seen += 1
+        if seen <= skip:
+            continue
+        if len(found) == limit:
+            return found, str(skip + limit)
+        found.append(rec)
+    return found, None
 
 
 def is_final(rec: Record, want_etag: str | None, want_revision: str | None = None) -> bool:

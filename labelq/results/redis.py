@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import keys
@@ -89,6 +89,21 @@ class RedisStore:
                 if uri not in seen:
                     seen.add(uri)
                     yield decode_body(value)
+
+    def scan_page(self, job: str, model: str, after: str | None, limit: int,
+                  keep: Callable[[Record], bool]) -> tuple[list[Record], str | None]:
+        """Records ``keep`` accepts from the job's hash for ``model``, from HSCAN cursor ``after`` on: whole
+        HSCAN batches until ``limit`` are found (a page may hold a few more); the cursor of the next page."""
+        name = keys.job_records(job, model)
+        cursor = int(after or 0)
+        found: list[Record] = []
+        while True:
+            cursor, items = self.redis.hscan(name, cursor=cursor, count=max(limit, 50))
+            found += [rec for rec in (decode_body(v) for v in items.values()) if keep(rec)]
+            if cursor == 0:
+                return found, None
+            if len(found) >= limit:
+                return found, str(cursor)
 
     def count(self, job: str) -> int:
         """Records of a job: one per (uri, model)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -260,6 +260,32 @@ class SQLStore:
             result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
             for row in result:
                 yield _record(row)
+
+    def scan_page(self, job: str, model: str, after: str | None, limit: int,
+                  keep: Callable[[Record], bool]) -> tuple[list[Record], str | None]:
+        """Records ``keep`` accepts of the job for ``model`` with a uri after ``after``, in uri order (the
+        primary key's order): batches from the cursor on until ``limit`` are found; the next page's cursor."""
+        import sqlalchemy as sa
+
+        t = self.table
+        found: list[Record] = []
+        last = after
+        batch = max(limit, 200)
+        with self._errors("cannot read records from"), self.engine.connect() as conn:
+            while True:
+                query = sa.select(t).where(t.c.job == job, t.c.model == model)
+                if last is not None:
+                    query = query.where(t.c.uri > last)
+                rows = conn.execute(query.order_by(t.c.uri).limit(batch)).fetchall()
+                for row in rows:
+                    rec = _record(row)
+                    last = rec.uri
+                    if keep(rec):
+                        found.append(rec)
+                        if len(found) == limit:
+                            return found, last
+                if len(rows) < batch:
+                    return found, None
 
     def count(self, job: str | None = None) -> int:
         """Rows of a job (``None``: all rows)."""
