@@ -16,11 +16,10 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, unquote, urlparse
 
 from ..config import Settings
 from ..errors import AccessDenied, NotFound, StorageError, TooLarge, UsageError, WorkerFault
-from .base import ObjectRef, Transient, with_backoff
+from .base import BucketStore, ObjectRef, Transient, bucket_uri, split_bucket
 from .listing import list_keys
 
 logger = logging.getLogger(__name__)
@@ -30,21 +29,16 @@ COPY_WAIT_S = 60.0  # how long a server-side copy may take before it is a storag
 
 def split_az(uri: str) -> tuple[str, str]:
     """``az://container/key`` → (container, key)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "az" or not parsed.netloc:
-        raise ValueError(f"not an az://container/key URI: {uri}")
-    return parsed.netloc, unquote(parsed.path[1:])
+    return split_bucket(uri, "az")
 
 
 def az_uri(container: str, key: str) -> str:
-    return f"az://{container}/{quote(key)}"
+    return bucket_uri("az", container, key)
 
 
-class AzureStore:
+class AzureStore(BucketStore):
+    scheme: ClassVar[str] = "az"
     schemes: ClassVar[tuple[str, ...]] = ("az",)
-    listable: ClassVar[bool] = True
-    actions: ClassVar[bool] = True
-    taggable: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.max_bytes = settings.max_bytes
@@ -130,30 +124,11 @@ class AzureStore:
 
         self._call(uri, copy)
 
-    def move(self, uri: str, dest_uri: str) -> None:
-        self.copy(uri, dest_uri)
+    def _delete(self, uri: str) -> None:
         self._call(uri, lambda: self._blob(uri).delete_blob(timeout=self.timeout))
 
-    def restore(self, uri: str, dest_uri: str) -> None:
-        self.move(uri, dest_uri)
-
-    def quarantine_uri(self, uri: str, prefix: str) -> str:
-        container, key = split_az(uri)
-        return az_uri(container, prefix + key)
-
-    def in_quarantine(self, uri: str, prefix: str) -> bool:
-        return split_az(uri)[1].startswith(prefix)
-
-    def _call(self, uri: str, call: Any) -> Any:
-        def once() -> Any:
-            try:
-                return call()
-            except (NotFound, AccessDenied, TooLarge, StorageError, WorkerFault):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the client's exceptions become labelq's kinds
-                raise azure_error(exc, uri) from None
-
-        return with_backoff(once, self.attempts, what=uri)
+    def _error(self, exc: BaseException, uri: str) -> Exception:
+        return azure_error(exc, uri)
 
 
 def azure_error(exc: BaseException, uri: str) -> Exception:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from ..errors import StorageError, UsageError
+from ..errors import LabelqError, StorageError, UsageError
 from ..retrying import backoff
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,77 @@ class NoActions:
 
     def in_quarantine(self, uri: str, prefix: str) -> bool:
         return False
+
+
+def split_bucket(uri: str, scheme: str) -> tuple[str, str]:
+    """``SCHEME://bucket/key`` → (bucket, key) (the key unquoted; it may start with ``/``)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme != scheme or not parsed.netloc:
+        raise ValueError(f"not a {scheme}://bucket/key URI: {uri}")
+    return parsed.netloc, unquote(parsed.path[1:])  # keys may start with "/": strip only the separator
+
+
+def bucket_uri(scheme: str, bucket: str, key: str) -> str:
+    """The canonical URI of a key in a bucket (the key quoted)."""
+    from urllib.parse import quote
+
+    return f"{scheme}://{bucket}/{quote(key)}"
+
+
+class BucketStore:
+    """What every bucket-and-key store (S3, GCS, Azure) does the same way: URIs, quarantine names, move as
+    copy-then-delete, and one call wrapper that turns the client's errors into labelq's kinds (retrying
+    the transient ones). A store names its scheme and supplies ``copy``, ``_delete`` and ``_error``."""
+
+    scheme: ClassVar[str]
+    listable: ClassVar[bool] = True
+    actions: ClassVar[bool] = True
+    taggable: ClassVar[bool] = True
+    attempts: int
+
+    def split(self, uri: str) -> tuple[str, str]:
+        return split_bucket(uri, self.scheme)
+
+    def uri(self, bucket: str, key: str) -> str:
+        return bucket_uri(self.scheme, bucket, key)
+
+    def copy(self, uri: str, dest_uri: str) -> None:
+        raise NotImplementedError
+
+    def _delete(self, uri: str) -> None:
+        raise NotImplementedError
+
+    def _error(self, exc: BaseException, uri: str) -> Exception:
+        """The client's exception as one of labelq's kinds (a :class:`Transient` when worth another try)."""
+        raise NotImplementedError
+
+    def move(self, uri: str, dest_uri: str) -> None:
+        self.copy(uri, dest_uri)
+        self._delete(uri)
+
+    def restore(self, uri: str, dest_uri: str) -> None:
+        self.move(uri, dest_uri)
+
+    def quarantine_uri(self, uri: str, prefix: str) -> str:
+        bucket, key = self.split(uri)
+        return self.uri(bucket, prefix + key)
+
+    def in_quarantine(self, uri: str, prefix: str) -> bool:
+        return self.split(uri)[1].startswith(prefix)
+
+    def _call(self, uri: str, call: Callable[[], T]) -> T:
+        """``call()`` with the client's errors as labelq's kinds, transient ones retried with backoff."""
+        def once() -> T:
+            try:
+                return call()
+            except (LabelqError, UsageError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the client's exceptions become labelq's kinds
+                raise self._error(exc, uri) from None
+
+        return with_backoff(once, self.attempts, what=uri)
 
 
 def merge_tags(current: Mapping[str, str], add: Mapping[str, str], remove: Sequence[str] = ()) -> dict[str, str]:

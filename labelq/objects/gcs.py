@@ -16,11 +16,10 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, unquote, urlparse
 
 from ..config import Settings
 from ..errors import AccessDenied, NotFound, StorageError, TooLarge, UsageError, WorkerFault
-from .base import ObjectRef, Transient, with_backoff
+from .base import BucketStore, ObjectRef, Transient, bucket_uri, split_bucket
 from .listing import list_keys
 
 logger = logging.getLogger(__name__)
@@ -28,21 +27,16 @@ logger = logging.getLogger(__name__)
 
 def split_gs(uri: str) -> tuple[str, str]:
     """``gs://bucket/key`` → (bucket, key)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "gs" or not parsed.netloc:
-        raise ValueError(f"not a gs://bucket/key URI: {uri}")
-    return parsed.netloc, unquote(parsed.path[1:])
+    return split_bucket(uri, "gs")
 
 
 def gs_uri(bucket: str, key: str) -> str:
-    return f"gs://{bucket}/{quote(key)}"
+    return bucket_uri("gs", bucket, key)
 
 
-class GcsStore:
+class GcsStore(BucketStore):
+    scheme: ClassVar[str] = "gs"
     schemes: ClassVar[tuple[str, ...]] = ("gs",)
-    listable: ClassVar[bool] = True
-    actions: ClassVar[bool] = True
-    taggable: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.max_bytes = settings.max_bytes
@@ -130,33 +124,12 @@ class GcsStore:
 
         self._call(uri, copy)
 
-    def move(self, uri: str, dest_uri: str) -> None:
-        self.copy(uri, dest_uri)
+    def _delete(self, uri: str) -> None:
         bucket, key = split_gs(uri)
         self._call(uri, lambda: self.client.bucket(bucket).delete_blob(key, timeout=self.timeout, retry=None))
 
-    def restore(self, uri: str, dest_uri: str) -> None:
-        self.move(uri, dest_uri)
-
-    def quarantine_uri(self, uri: str, prefix: str) -> str:
-        bucket, key = split_gs(uri)
-        return gs_uri(bucket, prefix + key)
-
-    def in_quarantine(self, uri: str, prefix: str) -> bool:
-        return split_gs(uri)[1].startswith(prefix)
-
-    # ------------------------------------------------------------------ errors
-
-    def _call(self, uri: str, call: Any) -> Any:
-        def once() -> Any:
-            try:
-                return call()
-            except (NotFound, AccessDenied, TooLarge, StorageError, WorkerFault):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the client's exceptions become labelq's kinds
-                raise gcs_error(exc, uri) from None
-
-        return with_backoff(once, self.attempts, what=uri)
+    def _error(self, exc: BaseException, uri: str) -> Exception:
+        return gcs_error(exc, uri)
 
 
 def _etag(blob: Any) -> str | None:

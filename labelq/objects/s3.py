@@ -14,11 +14,10 @@ import re
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, unquote, urlparse
 
 from ..config import Settings
 from ..errors import AccessDenied, NotFound, StorageError, TooLarge, UsageError, WorkerFault
-from .base import ObjectRef, Transient, with_backoff
+from .base import BucketStore, ObjectRef, Transient, bucket_uri, split_bucket, with_backoff
 from .listing import list_keys
 
 logger = logging.getLogger(__name__)
@@ -26,26 +25,21 @@ logger = logging.getLogger(__name__)
 
 def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` → (bucket, key)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an s3://bucket/key URI: {uri}")
-    return parsed.netloc, unquote(parsed.path[1:])  # keys may start with "/": strip only the separator
+    return split_bucket(uri, "s3")
 
 
 def s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{quote(key)}"
+    return bucket_uri("s3", bucket, key)
 
 
 _RETRYABLE_S3 = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling", "500", "502", "503", "504"}
 
 
-class S3Store:
+class S3Store(BucketStore):
     """S3 through boto3: the usual credential chain, botocore's standard retries on top of ours."""
 
+    scheme: ClassVar[str] = "s3"
     schemes: ClassVar[tuple[str, ...]] = ("s3",)
-    listable: ClassVar[bool] = True
-    actions: ClassVar[bool] = True
-    taggable: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.max_bytes = settings.max_bytes
@@ -127,33 +121,20 @@ class S3Store:
         self._call(uri, lambda: self.client.copy_object(Bucket=dbucket, Key=dkey,
                                                         CopySource={"Bucket": bucket, "Key": key}))
 
-    def move(self, uri: str, dest_uri: str) -> None:
-        self.copy(uri, dest_uri)
+    def _delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)
         self._call(uri, lambda: self.client.delete_object(Bucket=bucket, Key=key))
 
-    def restore(self, uri: str, dest_uri: str) -> None:
-        self.move(uri, dest_uri)
+    def _error(self, exc: BaseException, uri: str) -> Exception:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    def quarantine_uri(self, uri: str, prefix: str) -> str:
-        bucket, key = split_s3(uri)
-        return s3_uri(bucket, prefix + key)
-
-    def in_quarantine(self, uri: str, prefix: str) -> bool:
-        return split_s3(uri)[1].startswith(prefix)
-
-    def _call(self, uri: str, call: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        def once() -> Any:
-            try:
-                return call()
-            except ClientError as exc:
-                raise s3_error(exc, uri) from None
-            except BotoCoreError as exc:
-                raise Transient(f"{uri}: {exc}") from None
-
-        return with_backoff(once, self.attempts, what=uri)
+        if isinstance(exc, ClientError):
+            return s3_error(exc, uri)
+        if isinstance(exc, NoCredentialsError):
+            return WorkerFault(f"{uri}: this worker has no S3 credentials")
+        if isinstance(exc, BotoCoreError):
+            return Transient(f"{uri}: {exc}")
+        return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
 
 
 class S3Pager:
