@@ -269,7 +269,14 @@ _SETTLE_LUA = """
 local job = KEYS[1]
 local st = redis.call('HGET', job, 'state')
 if not st or st == 'listing' then return st or '' end
-redis.call('HSET', job, 'ok', ARGV[1], 'error', ARGV[2])
+local ok, err = tonumber(ARGV[1]), tonumber(ARGV[2])
+if ARGV[4] == '1' then
+  -- complete: records of objects gone from the source since they were listed (deleted, moved) are not in the
+  -- relisting's count but are the job's records; the counters (each pair counted once, capped) keep them
+  ok = math.max(ok, tonumber(redis.call('HGET', job, 'ok') or '0'))
+  err = math.max(err, tonumber(redis.call('HGET', job, 'error') or '0'))
+end
+redis.call('HSET', job, 'ok', ok, 'error', err)
 if tonumber(ARGV[3]) >= 0 then redis.call('HSET', job, 'expected', ARGV[3]) end
 if ARGV[4] == '1' then
   local dead = tonumber(redis.call('HGET', job, 'dead') or '0')

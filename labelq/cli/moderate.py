@@ -35,11 +35,11 @@ def console(
     settings = load_settings(console_host=host, console_port=port, console_read_only=read_only or None)
     setup_logging(settings)
     settings.jobs_redis  # noqa: B018 - no Redis named for job state: one line (exit 2) before the banner
-    Auth(settings).require_configured()  # who may sign in, before a URL nobody could use is printed
     if settings.policy is not None:  # the review pages show its rules: a bad file is an error now, not a blank later
         from ..moderation import load_policy
 
         load_policy(settings.policy)
+    Auth(settings).require_configured()  # who may sign in, before a URL nobody could use is printed
     err.print(f"labelq console on http://{settings.console_host}:{settings.console_port}/", highlight=False)
     serve(settings)
 

@@ -105,8 +105,8 @@ def test_records_match_expected_outcomes(first_run: FirstRun, expected_outcomes:
 def test_batch_mates_of_bad_files_are_labelled(
     first_run: FirstRun, mixed_folder: Path, expected_outcomes: dict[str, str]
 ) -> None:
-    listing = [path_of(r.uri).name for r in LocalStore(mixed_folder, max_bytes=1 << 30).list(
-        mixed_folder, tuple(Settings().suffixes))]
+    listing = [path_of(r.uri).name for r, _ in LocalStore(mixed_folder, max_bytes=1 << 30).list(
+        file_uri(mixed_folder), tuple(Settings().suffixes))]
     batches = [listing[i:i + 4] for i in range(0, len(listing), 4)]
     mixed = [b for b in batches if {expected_outcomes[n] == "ok" for n in b} == {True, False}]
     assert len(mixed) >= 3, batches  # the test means something only if bad files share batches with good ones

@@ -65,9 +65,9 @@ def test_paging_to_the_end_yields_every_kept_record_once(store: Any, want: str) 
 def test_a_page_reads_from_its_cursor_not_every_record_before_it(store: Any) -> None:
     if not hasattr(store, "scan_page"):
         pytest.skip("this store pages by skipping (no cursor to resume from)")
-    first, after = page_records(store, "j", MODEL, after=None, limit=25, keep=lambda r: True)
+    _, after = page_records(store, "j", MODEL, after=None, limit=25, keep=lambda r: True)
     for _ in range(15):  # deep into the job
-        first, after = page_records(store, "j", MODEL, after=after, limit=25, keep=lambda r: True)
+        _, after = page_records(store, "j", MODEL, after=after, limit=25, keep=lambda r: True)
     assert after is not None
     seen = []
 
