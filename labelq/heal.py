@@ -161,7 +161,7 @@ def broker_holds(settings: Settings) -> set[str] | None:
     if not is_redis_url(settings.broker_url):
         return None
     try:
-        client = connect(settings.broker_url, check=False)
+        client = connect(settings.broker_url, master=settings.sentinel_master, check=False)
         try:
             lists = [settings.queue] + [f"{settings.queue}\x06\x16{step}" for step in range(1, 10)]
             pipe = client.pipeline(transaction=True)

@@ -291,11 +291,12 @@ def watch_services(settings: Settings, redis: Any, name: str) -> Any:
     from .health import Watch
     from .redis_client import connect
 
-    probe = connect(settings.jobs_redis, check=False, retries=0)  # its own client: one quick try per probe
+    # its own clients: one quick try per probe
+    probe = connect(settings.jobs_redis, master=settings.sentinel_master, check=False, retries=0)
     probes: dict[str, Any] = {"job state (redis)": probe.ping}
     if settings.broker_url != settings.jobs_redis:
         if is_redis_url(settings.broker_url):
-            probes["broker"] = connect(settings.broker_url, check=False, retries=0).ping
+            probes["broker"] = connect(settings.broker_url, master=settings.sentinel_master, check=False, retries=0).ping
         else:
             from kombu import Connection
 

@@ -110,7 +110,7 @@ class DeltaStore:
             if redis is None:
                 from ..redis_client import connect
 
-                kw["redis"] = connect(settings.jobs_redis, check=False)
+                kw["redis"] = connect(settings.jobs_redis, master=settings.sentinel_master, check=False)
         if url.startswith("delta+s3://"):
             bucket, _sep, prefix = url[len("delta+s3://") :].partition("/")
             if not bucket:

@@ -56,8 +56,11 @@ def test_the_redis_master_killed_mid_job_fails_over_and_the_job_ends_done(
 ) -> None:
     """Broker, job state and records all behind Sentinel; the master is SIGKILLed once records are coming in."""
     uris = photos(tmp_path / "in", photo_bytes[:N])
+    # replication is asynchronous: a chunk the old master took may be gone from the new one; the heal publishes
+    # it again once its deadline passes (short here), decided from the records
     env = labelq_env(broker=group.url, models=[slow_vit], sentinel_master=group.name, local_root=tmp_path,
-                     chunk_size=CHUNK, batch_size=BATCH, visibility_timeout=10, stall_timeout=90)
+                     chunk_size=CHUNK, batch_size=BATCH, visibility_timeout=10, stall_timeout=90,
+                     chunk_deadline=6, heal_interval=2)
     worker = procs.worker(env, timeout=180)
     client = connect(group.url, master=group.name)
     producer = procs.spawn(["enqueue", str(tmp_path / "in"), "--job", "ha", "--wait"], env, name="enqueue")
