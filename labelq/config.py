@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=1024, description="live: flush a batch at this many images")
     batch_timeout: float = Field(0.05, gt=0, le=10, description="live: seconds the first image of a batch may wait")
     policy: Path | None = Field(None, description="moderation policy file (TOML) applied as live records are written")
+    policy_reload: float = Field(
+        5.0, gt=0, le=3600, description="seconds between a worker's looks at the policy file: a changed file (mtime or "
+        "size) is reloaded without a restart; one that no longer parses keeps the old policy"
+    )
     events_key: str = Field("labelq:minio-events", description="Redis list MinIO publishes bucket events to")
     sqs_queue_url: str | None = Field(None, description="SQS queue of AWS S3 event notifications")
     sqs_endpoint_url: str | None = Field(None, description="SQS endpoint (moto, LocalStack); default AWS")

@@ -117,17 +117,21 @@ class Listener:
         self.book = book
         self.redis = book.redis
         self.job = job
-        self.models = models
+        self.models = list(models)
         self.suffixes = tuple(settings.suffixes)
         self.stop = threading.Event()
         self.skip_prefix: str | None = None
         if settings.policy is not None:
             from .moderation import load_policy
 
-            self.skip_prefix = load_policy(settings.policy).quarantine_prefix
+            policy = load_policy(settings.policy)
+            self.skip_prefix = policy.quarantine_prefix
+            # the policy's shadow models score every upload beside the active ones (the moderator never acts on
+            # their records): a candidate is measured on live traffic before it is promoted
+            self.models += [m for m in policy.shadow if m not in self.models]
         self.enqueued = self.duplicates = self.bad = 0
         self.failure = ""  # set when a listener thread cannot go on: `listen` exits non-zero with it
-        book.open(job, source="listen", models=models)
+        book.open(job, source="listen", models=self.models)
 
     def handle(self, uploads: Iterable[Upload]) -> int:
         """Enqueue new uploads (skipping suffixes not kept and duplicates); returns how many were sent."""

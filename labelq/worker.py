@@ -85,9 +85,10 @@ class Runtime:
         self._moderation = ThreadPoolExecutor(1, thread_name_prefix="labelq-moderate")
         self._moderation_slots = threading.BoundedSemaphore(64)
         if settings.policy is not None:
-            from .moderation import Deliverer, Moderator, load_policy
+            from .moderation import Deliverer, Moderator
 
-            self.moderator = Moderator(load_policy(settings.policy), redis=self.services.redis, stores=self._stores)
+            self.moderator = Moderator.from_file(settings.policy, redis=self.services.redis, stores=self._stores,
+                                                 reload_every=settings.policy_reload)
             self.outbox = Deliverer(self.services.redis, timeout=settings.outbox_timeout).start()
             logger.info("moderation policy %s (version %s)", settings.policy, self.moderator.policy.version)
         for model in settings.models:

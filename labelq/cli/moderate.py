@@ -1,4 +1,4 @@
-"""Commands of moderation: the console, ``labelq moderate apply`` and ``audit``."""
+"""Commands of moderation: the console, ``labelq moderate apply``, ``audit``, ``shadow`` and ``promote``."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def console(
     serve(settings)
 
 
-moderate_app = typer.Typer(help="Moderation: apply a policy to stored scores, export the audit trail.",
+moderate_app = typer.Typer(help="Moderation: apply a policy to stored scores, export the audit trail, shadow and "
+                           "promote candidate models.",
                            no_args_is_help=True)
 app.add_typer(moderate_app, name="moderate")
 
@@ -56,7 +57,11 @@ def moderate_apply(
     policy: Annotated[Path, typer.Option(help="policy file (TOML)")],
     dry_run: Annotated[bool, typer.Option(help="print what would change, change nothing")] = False,
 ) -> None:
-    """Apply a (new) policy to a job's stored scores without re-running any model."""
+    """Apply a (new) policy to a job's stored scores without re-running any model.
+
+    Rules act (tag, copy, move, notify) and sample tables draw audit samples for review, each once per
+    object version; a shadow model's records are never acted on. --dry-run prints "would ACTION" lines.
+    """
     from ..moderation import Moderator, load_policy
     from ..objects import Stores
     from ..records import chunks
@@ -137,3 +142,97 @@ def moderate_audit(
         write_audit(iter_audit(book.redis, job=job), fmt, sys.stdout)
 
 
+
+@moderate_app.command("shadow")
+@clean_errors
+def moderate_shadow(
+    job: Annotated[str, typer.Argument(help="job whose ok records of its active model(s) are sampled")],
+    model: Annotated[str, typer.Option("--model", help="the candidate model (hub id or folder) to score them")],
+    rate: Annotated[float, typer.Option(help="share of the objects to score (0 < rate <= 1; the same objects "
+                                             "every time, a higher rate keeps them)")] = 1.0,
+    shadow_job: Annotated[str | None, typer.Option("--job", help="name of the shadow job (default JOB.shadow)")] = None,
+    wait: Annotated[bool, typer.Option(help="show progress and return when every object has a record")] = False,
+) -> None:
+    """Score a sample of JOB's objects with a candidate model, in a new job; prints the job id.
+
+    The sample is drawn by the same hash rule as audit samples, from the objects with an ok record of
+    JOB's models other than the candidate (and other than LABELQ_POLICY's shadow models). Its manifest
+    (uri and etag per line) is kept in labelq's private state folder; the job goes through the normal
+    producer and workers, and the policy never acts on it.
+    """
+    import os
+
+    from ..logs import private_folder
+    from ..models import check_model
+    from ..moderation import load_policy
+    from ..moderation.shadow import shadow_job_name, shadow_refs, write_manifest
+    from ..producer import enqueue as do_enqueue
+    from ..services import open_services
+
+    if not 0.0 < rate <= 1.0:
+        raise UsageError(f"--rate must be above 0 and at most 1, not {rate:g}")
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    skip = load_policy(settings.policy).shadow if settings.policy is not None else ()
+    check_model(model)
+    services = open_services(settings)
+    services.job(job)
+    name = shadow_job or shadow_job_name(job)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    manifest = private_folder(os.environ.get("XDG_STATE_HOME")) / "shadow" / f"{safe}.manifest"
+    n = write_manifest(manifest, shadow_refs(services.job_records(job), candidate=model, rate=rate, skip_models=skip))
+    if not n:
+        raise UsageError(f"job {job} has no ok records of another model in the sample at rate {rate:g}: nothing to "
+                         "score")
+    result = do_enqueue(str(manifest), settings, app=services.app, book=services.book, store=services.records,
+                        job=name, models=[model], wait_for_room=True)
+    err.print(f"shadow job {result.job}: {n} objects of job {job} (rate {rate:g}) for {model}, enqueued "
+              f"{result.enqueued} in {result.chunks} chunks (manifest {manifest})", markup=False, highlight=False,
+              soft_wrap=True)
+    out.print(result.job, highlight=False)
+    if wait:
+        from .jobs import _exit_code, follow
+
+        raise typer.Exit(_exit_code(follow(services, result.job), False))
+
+
+@moderate_app.command("promote")
+@clean_errors
+def moderate_promote(
+    policy: Annotated[Path, typer.Option(help="policy file (TOML), rewritten in place")],
+    candidate: Annotated[str, typer.Option(help="the model that takes the active model's place")],
+    model: Annotated[str | None, typer.Option(help="the active model it replaces (needed when the rules name "
+                                                   "several)")] = None,
+    threshold: Annotated[float | None, typer.Option(help="new threshold of every rule of the promoted model")] = None,
+    version: Annotated[str | None, typer.Option(help="new policy version (default OLD.promoted-YYYY-MM-DD)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the change as a diff, write nothing")] = False,
+) -> None:
+    """Promote a candidate: every rule and sample of the active model names it, it leaves the shadow models, new version.
+
+    The file is rewritten atomically as clean TOML (comments are not kept) and the promotion is audited.
+    Workers with this LABELQ_POLICY pick the new version up within LABELQ_POLICY_RELOAD seconds.
+    """
+    import difflib
+
+    from ..moderation import audit, load_policy
+    from ..moderation.shadow import policy_toml, promote, promote_action, write_policy
+
+    old = load_policy(policy)
+    new, replaced = promote(old, candidate, model=model, threshold=threshold, version=version)
+    text = policy_toml(new)
+    if dry_run:
+        before = policy.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+        for line in difflib.unified_diff(before, text.splitlines(keepends=True), str(policy), f"{policy} (promoted)"):
+            out.print(line, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    settings = load_settings()
+    setup_logging(settings, quiet=True)
+    from ..services import open_services
+
+    redis = open_services(settings).redis  # reachable before the file changes: the promotion is audited
+    written = write_policy(policy, text)
+    pipe = redis.pipeline(transaction=True)
+    audit.append(pipe, [promote_action(policy.resolve(), old, written, replaced, candidate)])
+    pipe.execute()
+    err.print(f"policy {policy}: {replaced} -> {candidate}, version {old.version} -> {written.version}",
+              markup=False, highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@
 * :mod:`.outbox` — notifications: queued with the audit entry, delivered by their own thread
 * :mod:`.notify` — a foreground webhook POST (retried with backoff)
 * :mod:`.audit` — the audit trail: append, read back, export
+* :mod:`.shadow` — shadow models: the sample a shadow job labels; promoting a candidate in the policy file
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from .audit import AUDIT_FIELDS, Action, iter_audit, write_audit
 from .moderator import Moderator
 from .notify import post_json
 from .outbox import Deliverer
-from .rules import ACTIONS, Policy, Rule, load_policy
+from .rules import ACTIONS, Band, Policy, Rule, Sample, in_sample, load_policy
 
 __all__ = [
     "ACTIONS",
     "AUDIT_FIELDS",
     "Action",
+    "Band",
     "Deliverer",
     "Moderator",
     "Policy",
     "Rule",
+    "Sample",
+    "in_sample",
     "iter_audit",
     "load_policy",
     "post_json",

@@ -69,7 +69,10 @@ def restore(stores: Stores, item: Any, reviewer: str, reason: str | None = None)
     """Release: a moved object goes back to its key; the policy's tags go and review tags come.
     Returns what was done and what :func:`requarantine` needs to reverse it."""
     store = stores.store(item.uri)
+    sample_only = bool(getattr(item, "sample_only", False))  # an audit sample no rule acted on: nothing to restore
     if not store.actions:
+        if sample_only:
+            return "an audit sample: nothing in storage to restore", {"restored": False}
         raise UsageError(f"cannot release {item.uri}: labelq only reads {scheme_of(item.uri)}:// objects")
     done: list[str] = []
     undo: dict[str, Any] = {"restored": False}
@@ -78,7 +81,8 @@ def restore(stores: Stores, item: Any, reviewer: str, reason: str | None = None)
         undo["restored"] = True
         done.append(f"restored from {item.quarantine_uri}")
     if store.taggable:
-        undo["tags"] = retag(store, item.uri, review_tags("release", reviewer, reason), POLICY_TAGS)
+        undo["tags"] = retag(store, item.uri, review_tags("release", reviewer, reason),
+                             () if sample_only else POLICY_TAGS)
         done.append("tagged labelq-review=released")
     elif not done:
         done.append(f"{scheme_of(item.uri)}:// objects have no tags: nothing to do")

@@ -37,6 +37,7 @@ class Action:
     human_label: str | None = None  # the label they set,
     reason: str | None = None  # and the reason code they chose
     threshold: float | None = None  # the threshold of the rule that acted, in the policy version that acted
+    sample_rate: float | None = None  # an audit sample (action "sample"): the rate of the band it was drawn at
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

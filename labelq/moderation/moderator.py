@@ -2,24 +2,31 @@
 
 Every action taken is written to the audit trail (see :mod:`.audit`). An action
 already applied to a record of an object is not applied again (``labelq:actions``),
-so re-applying a policy acts only on what changed.
+so re-applying a policy acts only on what changed. Audit samples (``[[sample]]``) are
+planned the same way, once per object version, as ``sample`` actions that change no
+storage and put the object under review. A shadow model's records are never acted on
+or sampled. A moderator made with :meth:`Moderator.from_file` reloads its policy file
+when it changes (checked at most every ``reload_every`` seconds).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .. import keys
-from ..errors import LabelqError
+from ..errors import LabelqError, UsageError
 from ..objects import Stores
 from ..records import Record, utcnow
 from ..reviews import ReviewStore
 from . import audit, outbox
 from .actions import take
 from .audit import Action
-from .rules import Policy
+from .rules import Policy, load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +34,41 @@ logger = logging.getLogger(__name__)
 class Moderator:
     """Evaluates a policy on records and carries out its actions, once per object and action."""
 
-    def __init__(self, policy: Policy, *, redis: Any, stores: Stores) -> None:
+    def __init__(self, policy: Policy, *, redis: Any, stores: Stores, path: Path | None = None,
+                 reload_every: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.redis = redis
         self.stores = stores
+        self.path = path  # the policy's file, reloaded when it changes (None: never)
+        self.reload_every = reload_every
+        self._clock = clock
+        self._checked = clock()
+        self._stamp = _stamp(path) if path is not None else None
+
+    @classmethod
+    def from_file(cls, path: Path, *, redis: Any, stores: Stores, reload_every: float = 5.0) -> Moderator:
+        """A moderator of the policy in ``path`` that follows the file's changes (see :meth:`refresh`)."""
+        return cls(load_policy(path), redis=redis, stores=stores, path=Path(path), reload_every=reload_every)
+
+    def refresh(self) -> bool:
+        """Reload the policy file when its mtime or size changed (looked at most every ``reload_every`` seconds);
+        a file that no longer parses keeps the old policy and logs one error line. Whether a new policy is in."""
+        if self.path is None or self._clock() - self._checked < self.reload_every:
+            return False
+        self._checked = self._clock()
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            policy = load_policy(self.path)
+        except (UsageError, LabelqError) as exc:
+            logger.error("policy %s changed but cannot be used, keeping version %s: %s", self.path,
+                         self.policy.version, " / ".join(str(exc).splitlines()))
+            return False
+        logger.info("policy %s reloaded: version %s -> %s", self.path, self.policy.version, policy.version)
+        self.policy = policy
+        return True
 
     def keep(self, records: Sequence[Record],
              recorded: Callable[[list[Record]], set[tuple[str, str]]] | None = None) -> list[Record]:
@@ -42,6 +80,7 @@ class Moderator:
         that reaches a worker ends with a record). ``recorded`` says which (uri, model) pairs of these records
         their job already holds; without it, every ``not_found`` of a moved object is dropped.
         """
+        self.refresh()
         gone = [r.uri for r in records if r.error_kind == "not_found"]
         moved = self.moved(gone) if gone else set()
         if not moved:
@@ -52,18 +91,26 @@ class Moderator:
 
     def plan(self, records: Iterable[Record]) -> list[Action]:
         """Actions the policy asks for that were not applied to these objects before."""
+        self.refresh()
+        policy = self.policy
         planned: list[Action] = []
         for rec in records:
+            if rec.model in policy.shadow:  # a candidate's record: scored beside the active model, never acted on
+                continue
             if self.in_quarantine(rec.uri):  # a copy we made: acting on it again would loop
                 continue
-            for rule, score in self.policy.matches(rec):
+            for rule, score in policy.matches(rec):
                 for kind in rule.actions:
-                    planned.append(Action(rec.uri, rec.model, rule.label, score, self.policy.version, kind,
+                    planned.append(Action(rec.uri, rec.model, rule.label, score, policy.version, kind,
                                           job=rec.job, etag=rec.etag, labelled_at=rec.processed_at,
                                           threshold=rule.threshold))
+            for sample, band, score in policy.sampled(rec):
+                planned.append(Action(rec.uri, rec.model, sample.label, score, policy.version, "sample",
+                                      detail=str(band), job=rec.job, etag=rec.etag, labelled_at=rec.processed_at,
+                                      sample_rate=band.rate))
         if not planned:
             return []
-        fields = [f"{a.uri}{keys.SEP}{a.action}" for a in planned]
+        fields = [mark(a) for a in planned]
         done = self.redis.hmget(keys.ACTIONS, fields)
         fresh: list[Action] = []
         seen: set[str] = set()
@@ -71,8 +118,9 @@ class Moderator:
             # Done means done to this record of the object. A new upload at the same key (even of the same
             # bytes, after a move) is labelled anew and acted on again; re-applying a policy to stored
             # records is not. A redelivered chunk plans a notification again; the outbox drops it (one
-            # notification per object version and policy version).
-            if (prior is None or _acted_on(prior) != action.version_key) and fld not in seen:
+            # notification per object version and policy version). A sample is once per object version
+            # (its etag), whichever record of it and policy version drew it.
+            if (prior is None or not _same_version(prior, action)) and fld not in seen:
                 seen.add(fld)
                 fresh.append(action)
         if fresh:  # a version a reviewer released from quarantine is never acted on again
@@ -106,7 +154,7 @@ class Moderator:
         ReviewStore(self.redis).add(actions, pipeline=pipe)  # objects moved, copied or tagged wait for review
         for a in actions:
             if a.result == "ok":
-                pipe.hset(keys.ACTIONS, f"{a.uri}{keys.SEP}{a.action}", f"{a.policy_version}{keys.SEP}{a.version_key}")
+                pipe.hset(keys.ACTIONS, mark(a), f"{a.policy_version}{keys.SEP}{a.version_key}")
                 if a.action == "notify":
                     outbox.queue(pipe, a, stream=p.stream, webhook=p.webhook, attempts=p.webhook_attempts)
                 elif a.action == "move":
@@ -129,6 +177,8 @@ class Moderator:
         return {u for u, v in zip(uris, found, strict=True) if v is not None}
 
     def _do(self, a: Action) -> str:
+        if a.action == "sample":  # an audit sample changes no storage: the review item is the whole action
+            return a.detail
         if a.action == "notify":  # queued with the audit entry (see _audit), sent by the outbox's thread
             p = self.policy
             return ", ".join([f"stream {p.stream}"] * bool(p.stream) + ["webhook (outbox)"] * bool(p.webhook))
@@ -139,6 +189,29 @@ def _is_released(value: bytes | str | None, etag: str | None) -> bool:
     if value is None:
         return False
     return (value.decode() if isinstance(value, bytes) else value) == (etag or "")
+
+
+def mark(a: Action) -> str:
+    """An action's field in ``labelq:actions`` (its once-only mark): uri and action; a sample also names its model
+    and label (each ``[[sample]]`` draws on its own)."""
+    if a.action == "sample":
+        return keys.SEP.join((a.uri, a.action, a.model, a.label))
+    return f"{a.uri}{keys.SEP}{a.action}"
+
+
+def _same_version(prior: bytes | str, a: Action) -> bool:
+    done = _acted_on(prior)
+    if a.action == "sample":
+        return done.split(keys.SEP, 1)[0] == (a.etag or "")
+    return done == a.version_key
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _acted_on(value: bytes | str) -> str:

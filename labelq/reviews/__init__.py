@@ -1,7 +1,7 @@
 """The review store: one record per object version a policy acted on, its state and version, indexed.
 
 An item is one version (uri, etag) of an object that a moderation policy moved, copied or
-tagged. It moves through ``pending → claimed → decided`` (an expired claim goes back to
+tagged, or drew as an audit sample (``sample``, with the ``sample_rate`` it was drawn at). It moves through ``pending → claimed → decided`` (an expired claim goes back to
 pending; an undo takes a decided item back to its reviewer's claim), every change bumps its
 ``version`` and appends to its history. A decision names the version it was made on, and a
 stale one is refused with the item as it is now (:class:`Conflict`).

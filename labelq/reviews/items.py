@@ -17,7 +17,8 @@ PAGE_MAX = 200  # items a page may ask for
 CROSS_BUDGET = 20_000  # index entries walked per page when a range is on the other dimension
 STATES = ("pending", "claimed", "decided")
 DECISIONS = ("confirm", "release", "label")
-QUEUED = ("move", "copy", "tag")  # policy actions that put an object under review
+QUEUED = ("move", "copy", "tag", "sample")  # policy actions that put an object under review
+STORAGE_ACTIONS = ("move", "copy", "tag")  # the ones that changed storage (a sample changes nothing)
 SEQ_MOD = 2**30  # sequence numbers in a score index value wrap here
 SCORE_SCALE = 1_000_000  # score resolution in a score index value
 
@@ -59,6 +60,7 @@ class Item:
     score: float
     policy_version: str
     threshold: float | None = None  # the threshold of the rule that acted (from that policy version)
+    sample_rate: float | None = None  # an audit sample: the rate it was drawn at (None: only a rule queued it)
     job: str | None = None
     labelled_at: str | None = None
     created: float = 0.0
@@ -86,13 +88,19 @@ class Item:
         return self.uri
 
     @property
+    def sample_only(self) -> bool:
+        """An audit sample no rule acted on: nothing in storage to restore or reverse."""
+        return not any(a in STORAGE_ACTIONS for a in self.actions)
+
+    @property
     def key(self) -> tuple[str, str]:
         return self.uri, self.etag
 
     def public(self) -> dict[str, Any]:
         """What the console's JSON API says about an item."""
         return {"id": self.id, "uri": self.uri, "etag": self.etag, "model": self.model, "label": self.label,
-                "score": self.score, "threshold": self.threshold, "policy_version": self.policy_version,
+                "score": self.score, "threshold": self.threshold, "sample_rate": self.sample_rate,
+                "policy_version": self.policy_version,
                 "job": self.job, "state": self.state, "version": self.version, "claimed_by": self.claimed_by,
                 "decision": self.decision, "reviewer": self.reviewer, "human_label": self.human_label,
                 "reason": self.reason, "actions": self.actions, "created": self.created,
@@ -104,7 +112,8 @@ class Item:
         return cls(
             id=d["id"], uri=d["uri"], etag=d.get("etag", ""), model=d.get("model", ""), label=d.get("label", ""),
             score=float(d.get("score") or 0), policy_version=d.get("policy", ""),
-            threshold=float(d["threshold"]) if d.get("threshold") else None, job=d.get("job") or None,
+            threshold=float(d["threshold"]) if d.get("threshold") else None,
+            sample_rate=float(d["sample_rate"]) if d.get("sample_rate") else None, job=d.get("job") or None,
             labelled_at=d.get("labelled_at") or None, created=float(d.get("created") or 0), seq=int(d.get("seq") or 0),
             actions=[a for a in d.get("actions", "").split(",") if a], quarantine_uri=d.get("quarantine_uri") or None,
             moved=d.get("moved") == "1", state=d.get("state", "pending"), version=int(d.get("version") or 1),

@@ -56,6 +56,11 @@ if action ~= '' and not string.find(',' .. acts .. ',', ',' .. action .. ',', 1,
 end
 if quri ~= '' then redis.call('HSET', ik, 'quarantine_uri', quri) end
 if moved == '1' then redis.call('HSET', ik, 'moved', '1') end
+for i = 10, #ARGV, 2 do  -- a rule's threshold or a sample's rate the item lacked
+  if (ARGV[i] == 'threshold' or ARGV[i] == 'sample_rate') and ARGV[i + 1] ~= '' then
+    if (redis.call('HGET', ik, ARGV[i]) or '') == '' then redis.call('HSET', ik, ARGV[i], ARGV[i + 1]) end
+  end
+end
 return 0
 """
 

@@ -54,7 +54,7 @@ class ReviewStore(QueueIndex):
             self.add_one(pipe, uri=a.uri, etag=a.etag, model=a.model, label=a.label, score=float(a.score),
                          policy=a.policy_version, threshold=getattr(a, "threshold", None), job=a.job,
                          labelled_at=a.labelled_at, action=a.action, detail=a.detail,
-                         now=now if now is not None else self.clock())
+                         sample_rate=getattr(a, "sample_rate", None), now=now if now is not None else self.clock())
             n += 1
         if pipeline is None and n:
             pipe.execute()
@@ -62,13 +62,15 @@ class ReviewStore(QueueIndex):
 
     def add_one(self, pipe: Any, *, uri: str, etag: str | None, model: str, label: str, score: float, policy: str,
                 threshold: float | None, job: str | None, labelled_at: str | None, action: str, detail: str = "",
-                now: float) -> None:
-        """Queue the add of one item (or one more action on it) on a pipeline."""
+                sample_rate: float | None = None, now: float) -> None:
+        """Queue the add of one item (or one more action on it) on a pipeline. An item queued before keeps its
+        fields, but gains a threshold or a sample rate it lacked (a rule and a sample of one object version)."""
         quarantined = action in ("move", "copy") and "://" in detail  # the quarantine URI, not a "skipped: …" note
         fid = facet_id(job, model, label, policy)
         fields = {"uri": uri, "etag": etag or "", "model": model, "label": label, "score": repr(float(score)),
                   "policy": policy, "threshold": "" if threshold is None else repr(float(threshold)),
-                  "job": job or "", "labelled_at": labelled_at or "", "created": repr(float(now))}
+                  "job": job or "", "labelled_at": labelled_at or "", "created": repr(float(now)),
+                  "sample_rate": "" if sample_rate is None else repr(float(sample_rate))}
         flat = [x for kv in fields.items() for x in kv]
         facet = json.dumps({"job": job or "", "model": model, "label": label, "policy": policy})
         entry = json.dumps({"time": now, "event": "queued", "by": f"policy {policy}", "action": action})
@@ -215,7 +217,8 @@ class ReviewStore(QueueIndex):
                 continue
             self.add_one(pipe, uri=a.uri, etag=a.etag, model=a.model, label=a.label, score=float(a.score),
                          policy=a.policy_version, threshold=getattr(a, "threshold", None), job=a.job,
-                         labelled_at=a.labelled_at, action=a.action, detail=a.detail, now=ts(a.time))
+                         labelled_at=a.labelled_at, action=a.action, detail=a.detail,
+                         sample_rate=getattr(a, "sample_rate", None), now=ts(a.time))
             queued += 1
             if len(pipe) >= 500:
                 pipe.execute()
