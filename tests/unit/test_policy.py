@@ -257,7 +257,8 @@ def test_an_action_serialises_every_audit_field() -> None:
     a = Action("s3://b/k.jpg", MODEL, "nsfw", 0.9, "v1", "tag", "ok", "tagged", job="live")
     data = json.loads(a.to_json())
     assert set(data) == {"uri", "model", "label", "score", "policy_version", "action", "result", "detail", "time",
-                         "job", "etag", "labelled_at", "reviewer", "human_label", "reason", "threshold"}
+                         "job", "etag", "labelled_at", "reviewer", "human_label", "reason", "threshold",
+                         "sample_rate"}
     assert data["time"].endswith("Z")
 
 
