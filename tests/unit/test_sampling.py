@@ -88,7 +88,7 @@ def test_touching_bands_do_not_overlap_and_a_second_sample_of_one_label_is_refus
 def test_unknown_keys_in_sample_and_shadow_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="sample 1: rates: unknown key"):
         load_policy(write(tmp_path, bands("[[0.0, 1.0, 0.1]]") + "rates = 1\n"))
-    with pytest.raises(UsageError, match="shadow.model: unknown key"):
+    with pytest.raises(UsageError, match=r"shadow\.model: unknown key"):
         load_policy(write(tmp_path, HEAD + '\n[shadow]\nmodel = ["x"]\n'))
 
 
@@ -180,10 +180,10 @@ def test_promote_names_the_candidate_in_every_rule_and_sample_and_the_file_reads
 
 def test_promote_refuses_what_it_cannot_decide(tmp_path: Path) -> None:
     two = load_policy(write(tmp_path, HEAD + '\n[[rule]]\nmodel = "b"\nlabel = "x"\nthreshold = 0.5\nactions = ["tag"]\n'))
-    with pytest.raises(UsageError, match="name 2 models .* with --model"):
+    with pytest.raises(UsageError, match=r"name 2 models .* with --model"):
         promote(two, "cand")
     assert promote(two, "cand", model="b")[0].rules[1].model == "cand"
-    with pytest.raises(UsageError, match="no rule or sample .* names zzz"):
+    with pytest.raises(UsageError, match=r"no rule or sample .* names zzz"):
         promote(two, "cand", model="zzz")
     with pytest.raises(UsageError, match="already acts"):
         promote(two, "b")
