@@ -446,6 +446,10 @@ class JobBook:
             )
         return info
 
+    def set_models(self, job_id: str, models: Sequence[str]) -> None:
+        """A streaming job's models change (``labelq listen`` with a policy whose shadow models changed)."""
+        self.redis.hset(keys.job(job_id), "models", json.dumps(list(models)))
+
     def listing(self, job_id: str) -> None:
         """A producer (re)starts listing: the job cannot finish before the listing does."""
         pipe = self.redis.pipeline(transaction=False)

@@ -33,6 +33,7 @@ from urllib.parse import unquote_plus
 
 from . import keys
 from .config import Settings
+from .errors import UsageError
 from .jobs import JobBook
 from .objects import ObjectRef, s3_uri, split_s3
 from .retrying import is_outage
@@ -131,7 +132,15 @@ class Listener:
             self.models += [m for m in policy.shadow if m not in self.models]
         self.enqueued = self.duplicates = self.bad = 0
         self.failure = ""  # set when a listener thread cannot go on: `listen` exits non-zero with it
-        book.open(job, source="listen", models=self.models)
+        try:
+            book.open(job, source="listen", models=self.models)
+        except UsageError:
+            info = book.info(job)
+            if info is None or info.source != "listen" or info.models[:len(models)] != list(models):
+                raise
+            # the same stream with the same active models: only the policy's shadow models changed
+            logger.info("job %s: models %s (were %s)", job, ", ".join(self.models), ", ".join(info.models))
+            book.set_models(job, self.models)
 
     def handle(self, uploads: Iterable[Upload]) -> int:
         """Enqueue new uploads (skipping suffixes not kept and duplicates); returns how many were sent."""

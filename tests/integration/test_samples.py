@@ -309,20 +309,23 @@ def test_moderate_shadow_enqueues_a_job_of_exactly_the_sampled_objects(
 
 def test_listen_adds_the_policys_shadow_models_to_each_live_task(redis_url: str, redis_client: Any,
                                                                  policy_file: Path) -> None:
+    from labelq.errors import UsageError
     from labelq.listen import Listener, Upload
     from labelq.services import open_services
 
-    settings = load_settings(broker_url=redis_url, policy=policy_file)
-    services = open_services(settings)
+    services = open_services(load_settings(broker_url=redis_url))
+    plain = Listener(load_settings(broker_url=redis_url), app=services.app, book=services.book, job="live",
+                     models=[MODEL])
+    assert plain.models == [MODEL] and services.job("live").models == [MODEL]
+
+    settings = load_settings(broker_url=redis_url, policy=policy_file)  # the same stream, now with a shadow model
     listener = Listener(settings, app=services.app, book=services.book, job="live", models=[MODEL])
     assert listener.models == [MODEL, "cand"]
-    assert listener.handle([Upload(ObjectRef("s3://b/new.jpg", 10, "e1"), None)]) == 1
     assert services.job("live").models == [MODEL, "cand"]
+    assert listener.handle([Upload(ObjectRef("s3://b/new.jpg", 10, "e1"), None)]) == 1
     [raw] = redis_client.lrange(settings.live_queue, 0, -1)
-    message = json.loads(raw)
-    args = json.loads(base64.b64decode(message["body"]))[0]
+    args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
     assert args[0] == "live" and args[2] == [MODEL, "cand"]
 
-    plain = Listener(load_settings(broker_url=redis_url), app=services.app, book=services.book, job="live2",
-                     models=[MODEL])
-    assert plain.models == [MODEL]
+    with pytest.raises(UsageError, match="exists with source listen and models m, cand"):
+        Listener(settings, app=services.app, book=services.book, job="live", models=["other"])
