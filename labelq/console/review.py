@@ -138,7 +138,7 @@ def export_rows(store: ReviewStore) -> Iterator[dict[str, Any]]:
         yield {"uri": item.uri, "model": item.model, "label": item.label, "score": item.score, "human_label": human,
                "decision": item.decision, "reason": item.reason, "reviewer": item.reviewer,
                "time": _iso(item.decided_at), "etag": item.etag, "job": item.job,
-               "policy_version": item.policy_version}
+               "policy_version": item.policy_version, "sample_rate": item.sample_rate}
 
 
 def decided_items(store: ReviewStore, batch: int = 500) -> Iterator[Item]:

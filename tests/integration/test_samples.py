@@ -238,6 +238,9 @@ def test_sample_only_items_are_confirmed_and_released_through_the_console(
                                  "labelq-reason": "false-positive"}
     assert sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]) == ["a/one.jpg",
                                                                                                  "a/two.jpg"]
+    rows = {r["uri"]: r for r in map(json.loads, _get(url + "/review/export.jsonl").splitlines())}
+    assert {u: (r["decision"], r["sample_rate"]) for u, r in rows.items()} == {
+        recs[0].uri: ("confirm", 1.0), recs[1].uri: ("release", 1.0)}
     decisions = [(a.action, a.uri, a.reviewer) for a in iter_audit(redis_client) if a.action.startswith("review:")]
     assert decisions == [("review:confirm", recs[0].uri, "token"), ("review:release", recs[1].uri, "token")]
 
