@@ -80,7 +80,6 @@ class Moderator:
         that reaches a worker ends with a record). ``recorded`` says which (uri, model) pairs of these records
         their job already holds; without it, every ``not_found`` of a moved object is dropped.
         """
-        self.refresh()
         gone = [r.uri for r in records if r.error_kind == "not_found"]
         moved = self.moved(gone) if gone else set()
         if not moved:
@@ -90,7 +89,10 @@ class Moderator:
         return [r for r in records if not (r.error_kind == "not_found" and r.uri in moved and (r.uri, r.model) in have)]
 
     def plan(self, records: Iterable[Record]) -> list[Action]:
-        """Actions the policy asks for that were not applied to these objects before."""
+        """Actions the policy asks for that were not applied to these objects before.
+
+        A policy file that changed is reloaded first (:meth:`refresh`); only :meth:`plan` reloads, so the
+        actions of one :meth:`apply` are carried out and audited under the policy that planned them."""
         self.refresh()
         policy = self.policy
         planned: list[Action] = []
