@@ -218,11 +218,12 @@ class SampleTable(_Strict):
                 raise ValueError(f"bands: band {i} needs 0 <= from < to <= 1, not [{lo:g}, {hi:g})")
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"bands: band {i} rate must be above 0 and at most 1, not {rate:g}")
-        ordered = sorted(range(len(v)), key=lambda i: v[i][0])
-        for a, b in pairwise(ordered):
-            if v[b][0] < v[a][1]:
-                raise ValueError(f"bands: band {b + 1} [{v[b][0]:g}, {v[b][1]:g}) overlaps band {a + 1} "
-                                 f"[{v[a][0]:g}, {v[a][1]:g})")
+        ordered = sorted(range(len(v)), key=lambda n: v[n][0])
+        for first, then in pairwise(ordered):
+            (lo1, hi1, _), (lo2, hi2, _) = v[first], v[then]
+            if lo2 < hi1:
+                raise ValueError(f"bands: band {then + 1} [{lo2:g}, {hi2:g}) overlaps band {first + 1} "
+                                 f"[{lo1:g}, {hi1:g})")
         return v
 
 
