@@ -62,10 +62,10 @@ def records(root: Path, n: int, *, job: str = "j") -> list[Record]:
         if score >= 0.95:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"png %d" % i)
-        top = [{"label": "nsfw", "score": score}, {"label": "normal", "score": 1 - score}]
-        top.sort(key=lambda t: -float(t["score"]))  # type: ignore[arg-type]
+        ranked = sorted([("nsfw", score), ("normal", round(1 - score, 4))], key=lambda t: -t[1])
+        top: list[dict[str, Any]] = [{"label": label, "score": s} for label, s in ranked]
         for model in (MODEL, "cand"):
-            out.append(Record(file_uri(path), f"e{i}", model, str(top[0]["label"]), float(top[0]["score"]), top,
+            out.append(Record(file_uri(path), f"e{i}", model, ranked[0][0], ranked[0][1], top,
                               job=job, processed_at="2026-12-06T10:00:00.000000Z"))
     return out
 
