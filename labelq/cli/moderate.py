@@ -180,7 +180,13 @@ def moderate_shadow(
     name = shadow_job or shadow_job_name(job)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     manifest = private_folder(os.environ.get("XDG_STATE_HOME")) / "shadow" / f"{safe}.manifest"
-    n = write_manifest(manifest, shadow_refs(services.job_records(job), candidate=model, rate=rate, skip_models=skip))
+    fresh = manifest.with_name(manifest.name + ".new")
+    n = write_manifest(fresh, shadow_refs(services.job_records(job), candidate=model, rate=rate, skip_models=skip))
+    if services.book.info(name) is not None and not (manifest.exists() and manifest.read_bytes() ==
+                                                     fresh.read_bytes()):
+        fresh.unlink()  # a job resumes from its manifest's line number: the same name must list the same objects
+        raise UsageError(f"job {name} exists and lists other objects: give the shadow job a new name with --job")
+    fresh.replace(manifest)
     if not n:
         raise UsageError(f"job {job} has no ok records of another model in the sample at rate {rate:g}: nothing to "
                          "score")

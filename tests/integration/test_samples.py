@@ -306,6 +306,11 @@ def test_moderate_shadow_enqueues_a_job_of_exactly_the_sampled_objects(
     manifest = tmp_path / "state" / "labelq" / "shadow" / "old.shadow.manifest"
     assert sorted(line.split("\t")[0] for line in manifest.read_text().splitlines()) == sorted(want)
 
+    again = cli(["moderate", "shadow", "old", "--model", candidate, "--rate", "0.2"], env).check()
+    assert again.stdout.strip() == "old.shadow" and services.job("old.shadow").listed == len(want)  # nothing twice
+    other = cli(["moderate", "shadow", "old", "--model", candidate, "--rate", "0.5"], env)
+    assert other.returncode == 2 and "job old.shadow exists and lists other objects" in other.stderr
+    assert sorted(line.split("\t")[0] for line in manifest.read_text().splitlines()) == sorted(want)
     bad = cli(["moderate", "shadow", "old", "--model", candidate, "--rate", "0"], env)
     assert bad.returncode == 2 and "--rate" in bad.stderr
 
