@@ -153,7 +153,7 @@ class Moderator:
         p = self.policy
         pipe = self.redis.pipeline(transaction=True)
         audit.append(pipe, actions)
-        ReviewStore(self.redis).add(actions, pipeline=pipe)  # objects moved, copied or tagged wait for review
+        ReviewStore(self.redis).add(actions, pipeline=pipe)  # objects moved, copied, tagged or sampled wait for review
         for a in actions:
             if a.result == "ok":
                 pipe.hset(keys.ACTIONS, mark(a), f"{a.policy_version}{keys.SEP}{a.version_key}")
