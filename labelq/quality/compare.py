@@ -7,7 +7,6 @@ model's precision and recall are post-stratified on A's score strata (the review
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -12,6 +12,7 @@ of the point estimate and widens the interval to its extremes (all its records p
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -86,7 +87,7 @@ def strata_counts(hist: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """N_h: the records of each stratum, from the histogram."""
     starts = np.round(np.asarray(edges) * BINS).astype(int)
     starts[-1] = BINS
-    return np.array([int(hist[a:b].sum()) for a, b in zip(starts[:-1], starts[1:], strict=True)], dtype=np.int64)
+    return np.array([int(hist[a:b].sum()) for a, b in itertools.pairwise(starts)], dtype=np.int64)
 
 
 def weights(strata: np.ndarray, n_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +127,7 @@ def unreviewed_counts(hist: np.ndarray, edges: np.ndarray, r_h: np.ndarray,
     starts = np.round(np.asarray(edges) * BINS).astype(int)
     starts[-1] = BINS
     mask = np.zeros(BINS, dtype=bool)
-    for h, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+    for h, (a, b) in enumerate(itertools.pairwise(starts)):
         if r_h[h] == 0:
             mask[a:b] = True
     blind = np.where(mask, hist, 0)
