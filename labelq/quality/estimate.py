@@ -180,6 +180,7 @@ def point(t: float, scores: np.ndarray, truth: np.ndarray, w: np.ndarray, *, bli
     if blind_above or blind_below:
         rlo = rlo * positives / (positives + blind_below) if positives + blind_below > 0 else 0.0
         rhi = (rhi * positives + blind_above) / (positives + blind_above) if positives + blind_above > 0 else 1.0
+    lo, hi, rlo, rhi = (min(1.0, max(0.0, v)) for v in (lo, hi, rlo, rhi))
     return Point(threshold=float(t), precision=prec, precision_lo=lo, precision_hi=hi, recall=rec, recall_lo=rlo,
                  recall_hi=rhi, reviewed=int(above.sum()), n_eff=n_p, positives_reviewed=int(pos.sum()),
                  n_eff_recall=n_r, tp=tp, fp=fp, fn=fn, records_above=int(records_above))
