@@ -134,9 +134,12 @@ def moderate_compare(
     if threshold is None:
         services.close()
         raise UsageError(f"give --threshold (or a --policy with a rule on {model} / {label})")
+    from ..quality.report import policy_points
+
     try:
         c = compare(services.records, reviews, model, candidate, label, job=job, candidate_job=candidate_job,
-                    threshold=threshold, candidate_threshold=candidate_threshold)
+                    threshold=threshold, candidate_threshold=candidate_threshold,
+                    band_edges=policy_points(rules, model, label)[1])
     finally:
         services.close()
     if as_json:

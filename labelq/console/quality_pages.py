@@ -108,9 +108,11 @@ def _comparison(console: Console, params: Any) -> Any:
     need = {k: str(params.get(k) or "") for k in ("model", "candidate", "label", "job")}
     if not all(need.values()):
         raise UsageError("choose the active model, the candidate, the label and the job")
+    from ..quality.report import policy_points
+
+    policy = _policy(console)
     threshold = _float(str(params.get("threshold") or ""))
     if threshold is None:
-        policy = _policy(console)
         found = sorted({r.threshold for r in (policy.rules if policy else ())
                         if r.model == need["model"] and r.label == need["label"]})
         if not found:
@@ -118,7 +120,8 @@ def _comparison(console: Console, params: Any) -> Any:
         threshold = found[0]
     return compare(console.services.records, console.reviews, need["model"], need["candidate"], need["label"],
                    job=need["job"], candidate_job=str(params.get("candidate_job") or "") or None, threshold=threshold,
-                   candidate_threshold=_float(str(params.get("candidate_threshold") or "")))
+                   candidate_threshold=_float(str(params.get("candidate_threshold") or "")),
+                   band_edges=policy_points(policy, need["model"], need["label"])[1])
 
 
 @page()

@@ -7,6 +7,7 @@ model's precision and recall are post-stratified on A's score strata (the review
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,10 @@ def _same(ea: str | None, eb: str | None) -> bool:
 
 
 def compare(record_store: Any, reviews: ReviewStore, model: str, candidate: str, label: str, *, job: str,
-            candidate_job: str | None = None, threshold: float, candidate_threshold: float | None = None) -> Comparison:
-    """Join A's and B's records of the job(s) and count who acts where; estimate each one's quality."""
+            candidate_job: str | None = None, threshold: float, candidate_threshold: float | None = None,
+            band_edges: Sequence[float] = ()) -> Comparison:
+    """Join A's and B's records of the job(s) and count who acts where; estimate each one's quality, post-stratified
+    on A's scores at the thresholds and ``band_edges`` (the edges of the policy's sample bands for A)."""
     tb = threshold if candidate_threshold is None else candidate_threshold
     for t in (threshold, tb):
         if not 0.0 <= t <= 1.0:
@@ -129,7 +132,7 @@ def compare(record_store: Any, reviews: ReviewStore, model: str, candidate: str,
         return out
     idx = np.array([i for i, _ in rows])
     y = np.array([t for _, t in rows], dtype=bool)
-    edges = edges_for([threshold, tb])
+    edges = edges_for([threshold, tb], band_edges)
     n_h = strata_counts(histogram(sa), edges)
     strata = stratum_of(sa[idx], edges)
     w, r_h = weights(strata, n_h)

@@ -30,6 +30,7 @@ class Reviewed:
     model: str = ""
     label: str = ""
     job: str | None = None
+    threshold: float | None = None  # the threshold of the rule that queued it (None: sampled)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +67,7 @@ def reviewed(store: ReviewStore, model: str, label: str, jobs: Sequence[str] | N
         out[item.id] = Reviewed(uri=item.uri, etag=item.etag, score=float(item.score), truth=truth_of(item, label),
                                 reviewer=item.reviewer or "", decided_at=float(item.decided_at),
                                 sampled_rate=getattr(item, "sample_rate", None), model=item.model, label=item.label,
-                                job=item.job)
+                                job=item.job, threshold=item.threshold)
     return sorted(out.values(), key=lambda r: (r.decided_at, r.uri))
 
 

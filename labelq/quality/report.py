@@ -86,6 +86,8 @@ def build_report(record_store: Any, reviews: ReviewStore, model: str, label: str
     if not chosen:
         raise UsageError(f"no job named and no reviewed items of {model} / {label}: give --job")
     evidence = reviewed(reviews, model, label, chosen)
+    if policy is None and not ts:  # no policy, no threshold: the thresholds of the rules that queued the items
+        ts = sorted({r.threshold for r in evidence if r.threshold is not None})
     pop = population(record_store, chosen, model, label)
     if pop.records == 0:
         raise UsageError(f"no ok records of model {model} in job(s) {', '.join(chosen)}")

@@ -140,6 +140,9 @@ def test_the_report_stratifies_by_the_policy_and_names_strata_without_reviews(re
     rep = build_report(RedisStore(redis_client), store, "m", "nsfw", jobs=["j"], policy=policy, target=0.99).to_dict()
     assert rep["suggestion"]["threshold"] is None
     assert "too little review to tell" in rep["suggestion"]["reason"] and "[0.5, 0.7)" in rep["suggestion"]["reason"]
+    # without a policy or a threshold: the strata are cut at the thresholds the queueing rules had (0.5 here)
+    rep = build_report(RedisStore(redis_client), store, "m", "nsfw", jobs=["j"]).to_dict()
+    assert rep["thresholds"] == [0.5] and [s["lo"] for s in rep["strata"]] == [0.0, 0.5]
     with pytest.raises(UsageError, match="target precision"):
         build_report(RedisStore(redis_client), store, "m", "nsfw", jobs=["j"], target=1.5)
     with pytest.raises(UsageError, match="no ok records"):
