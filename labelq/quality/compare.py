@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import UsageError
 from ..reviews import ReviewStore
 from .estimate import Point, edges_for, histogram, point, strata_counts, stratum_of, weights
-from .evidence import label_score, reviewed
+from .evidence import label_score, model_records, reviewed
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ class Comparison:
 
 def _scores(record_store: Any, job: str, model: str, label: str) -> dict[str, tuple[str | None, float]]:
     out: dict[str, tuple[str | None, float]] = {}
-    for rec in record_store.iter_records(job):
-        if rec.model == model and rec.ok:
+    for rec in model_records(record_store, job, model):
+        if rec.ok:
             out[rec.uri] = (rec.etag, label_score(rec, label))
     return out
 

@@ -116,12 +116,30 @@ class Population:
         return cls(hist, n, skipped)
 
 
+SCAN_PAGE = 5000  # records read per page of a store that scans one model's records of a job
+
+
+def model_records(record_store: Any, job: str, model: str) -> Iterator[Record]:
+    """The job's records of ``model``, streamed: a store that can scan one model's records (Redis: its hash of the
+    job and model; SQL: by key) reads only those; another store's job is read whole and filtered."""
+    scan = getattr(record_store, "scan_page", None)
+    if scan is None:
+        yield from (r for r in record_store.iter_records(job) if r.model == model)
+        return
+    cursor: str | None = None
+    while True:
+        found, cursor = scan(job, model, cursor, SCAN_PAGE, lambda r: True)
+        yield from found
+        if cursor is None:
+            return
+
+
 def population(record_store: Any, jobs: Sequence[str], model: str, label: str) -> Population:
     """The histogram of the model's scores of ``label`` over the ok records of these jobs (streamed)."""
 
     def every() -> Iterator[Record]:
         for job in dict.fromkeys(jobs):
-            yield from record_store.iter_records(job)
+            yield from model_records(record_store, job, model)
 
     return Population.of(every(), model, label)
 

@@ -79,8 +79,13 @@ def test_evidence_truth_paging_jobs_and_hours(redis_client: Any) -> None:
     assert review_hours([]) == {}
 
 
-def test_population_counts_ok_records_of_the_model_and_scores_of_the_label(redis_client: Any) -> None:
-    records = RedisStore(redis_client)
+@pytest.mark.parametrize("kind", ["redis", "sqlite", "parquet"])
+def test_population_counts_ok_records_of_the_model_and_scores_of_the_label(redis_client: Any, tmp_path: Any,
+                                                                         kind: str) -> None:
+    from labelq.results import open_store
+
+    records = (RedisStore(redis_client) if kind == "redis" else
+               open_store(f"sqlite:///{tmp_path}/r.db" if kind == "sqlite" else f"parquet://{tmp_path}/pq"))
     records.write([_rec(f"file:///p/{i}.png", "m", i / 10) for i in range(10)]
                   + [_rec("file:///p/bad.png", "m", 0, ok=False), _rec("file:///p/0.png", "other", 0.5)]
                   + [Record("file:///p/none.png", "e", "m", label="cat", score=0.9, top_k=[{"label": "cat", "score": 0.9}],
@@ -173,3 +178,16 @@ def test_compare_joins_by_uri_and_etag_and_takes_truth_from_either_models_review
     assert d["flips"] == [] and d["flipped"] == 1 and d["agreement"] == pytest.approx(19 / 20)
     with pytest.raises(UsageError, match="no ok records of candidate"):
         compare(records, store, "A", "B", "nsfw", job="j", threshold=0.5)  # B's records are in another job
+
+
+def test_compare_reads_a_job_larger_than_a_page(redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelq.quality import evidence
+
+    monkeypatch.setattr(evidence, "SCAN_PAGE", 7)
+    records = RedisStore(redis_client)
+    rng = np.random.default_rng(9)
+    a = {f"file:///big/{i}.png": float(x) for i, x in enumerate(rng.uniform(0, 1, 300))}
+    records.write([_rec(u, "A", s) for u, s in a.items()] + [_rec(u, "B", 1 - s) for u, s in a.items()])
+    c = compare(records, ReviewStore(redis_client), "A", "B", "nsfw", job="j", threshold=0.5)
+    assert c.pairs == 300 and c.unmatched_a == 0 and len(c.flips) == sum(1 for s in a.values() if (s >= 0.5) != (1 - s >= 0.5))
+    assert evidence.population(records, ["j"], "A", "nsfw").records == 300
