@@ -40,8 +40,9 @@ def print_report(d: dict[str, Any]) -> None:
     say(f"{d['records']} records, {d['reviewed']} reviewed items; review time "
         f"{d['review_hours_total']:.2f} h ("
         + (", ".join(f"{who or '?'} {h:.2f} h" for who, h in d["review_hours"].items()) or "nobody") + ")")
-    say("strata: " + ", ".join(f"[{s['lo']:g}, {s['hi']:g}) {s['records']} records / {s['reviewed']} reviewed"
-                               for s in d["strata"]))
+    last = len(d["strata"]) - 1
+    say("strata: " + ", ".join(f"[{s['lo']:g}, {s['hi']:g}{']' if i == last else ')'} {s['records']} records / "
+                               f"{s['reviewed']} reviewed" for i, s in enumerate(d["strata"])))
     say(f"{'threshold':>9}  {'precision % [95 % interval]':<27}  {'recall % [95 % interval]':<27}  reviewed")
     marks = set(d["thresholds"])
     for p in d["points"]:
