@@ -123,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     from . import lake as lake_bench
     from . import listing as listing_bench
     from . import peers
+    from . import quality as quality_bench
     from . import review as review_bench
 
     listing_bench.add_parser(sub)
     review_bench.add_parser(sub)
+    quality_bench.add_parser(sub)
     lake_bench.add_parser(sub)
     peers.add_parser(sub)
     args = parser.parse_args(argv)
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return listing_bench.run(args)
     if args.command == "review":
         return review_bench.run(args)
+    if args.command == "quality":
+        return quality_bench.run(args)
     if args.command == "lake":
         return lake_bench.run(args)
     if args.command == "ray":

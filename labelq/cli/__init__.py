@@ -9,14 +9,26 @@ from __future__ import annotations
 
 # isort: off
 from . import local  # registered first: `labelq --help` lists run, export and model first
-from . import jobs, lake, moderate
+from . import jobs, lake, moderate, quality  # quality: report and compare on the moderate app
 # isort: on
 from .base import app
 from .jobs import follow, print_errors, print_job
 from .local import _export_format, print_summary
 
-__all__ = ["_export_format", "app", "follow", "jobs", "lake", "local", "main", "moderate", "print_errors", "print_job",
-           "print_summary"]
+__all__ = [
+    "_export_format",
+    "app",
+    "follow",
+    "jobs",
+    "lake",
+    "local",
+    "main",
+    "moderate",
+    "print_errors",
+    "print_job",
+    "print_summary",
+    "quality",
+]
 
 
 def main() -> None:

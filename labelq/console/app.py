@@ -22,6 +22,7 @@ from .auth import SESSION_FIELD, SESSION_SECONDS, Auth, csrf_ok, csrf_token
 from .jobs_pages import browse_page, job_api, job_page, job_retry, jobs_page, record_page, thumb
 from .ops_pages import ops_page
 from .progress import duration
+from .quality_pages import compare_api, compare_page, quality_api, quality_page
 from .review_pages import audit_page, review_bulk, review_decide, review_export, review_page, review_undo
 from .web import HERE, Console, SecurityHeaders, _safe_next, _when, shown_key, url
 
@@ -130,6 +131,10 @@ def create_app(settings: Settings, services: Any = None) -> Starlette:
         Route("/review/bulk", review_bulk, methods=["POST"]),
         Route("/review/export.jsonl", review_export),
         Route("/audit", audit_page),
+        Route("/quality", quality_page),
+        Route("/quality/compare", compare_page),
+        Route("/api/quality", quality_api),
+        Route("/api/quality/compare", compare_api),
         Route("/ops", ops_page),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
