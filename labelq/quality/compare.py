@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..moderation.shadow import shadow_job_name
 from ..reviews import ReviewStore
 from .estimate import Point, edges_for, histogram, point, strata_counts, stratum_of, weights
 from .evidence import label_score, model_records, reviewed
@@ -103,8 +104,10 @@ def compare(record_store: Any, reviews: ReviewStore, model: str, candidate: str,
         raise UsageError(f"no ok records of model {model} in job {job}")
     b = _scores(record_store, cjob, candidate, label)
     if not b:
-        raise UsageError(f"no ok records of candidate {candidate} in job {cjob}: run it in shadow first "
-                         "(`labelq moderate shadow`, or the policy's [shadow] models)")
+        raise UsageError(f"no ok records of candidate {candidate} in job {cjob}: score the job's objects with it "
+                         f"first (`labelq moderate shadow {job} --model {candidate}` makes job "
+                         f"{shadow_job_name(job)}, then compare with --candidate-job {shadow_job_name(job)}), "
+                         "or name it in the policy's [shadow] models")
     uris = [u for u in a if u in b and _same(a[u][0], b[u][0])]
     sa = np.array([a[u][1] for u in uris], dtype=float)
     sb = np.array([b[u][1] for u in uris], dtype=float)

@@ -66,7 +66,7 @@ def reviewed(store: ReviewStore, model: str, label: str, jobs: Sequence[str] | N
             continue
         out[item.id] = Reviewed(uri=item.uri, etag=item.etag, score=float(item.score), truth=truth_of(item, label),
                                 reviewer=item.reviewer or "", decided_at=float(item.decided_at),
-                                sampled_rate=getattr(item, "sample_rate", None), model=item.model, label=item.label,
+                                sampled_rate=item.sample_rate, model=item.model, label=item.label,
                                 job=item.job, threshold=item.threshold)
     return sorted(out.values(), key=lambda r: (r.decided_at, r.uri))
 

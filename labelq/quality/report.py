@@ -22,11 +22,8 @@ def policy_points(policy: Policy | None, model: str, label: str) -> tuple[list[f
     if policy is None:
         return [], []
     thresholds = sorted({r.threshold for r in policy.rules if r.model == model and r.label == label})
-    bands: set[float] = set()
-    for s in getattr(policy, "samples", ()):  # [[sample]] tables, where the policy has them
-        if getattr(s, "model", None) == model and getattr(s, "label", None) == label:
-            for b in getattr(s, "bands", ()):
-                bands.update((float(b.lo), float(b.hi)))
+    bands = {edge for s in policy.samples if s.model == model and s.label == label
+             for b in s.bands for edge in (b.lo, b.hi)}
     return thresholds, sorted(bands)
 
 

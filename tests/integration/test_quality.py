@@ -3,14 +3,16 @@ store, hours of review, the report's strata from a policy, and the shadow compar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from labelq.config import load_settings
 from labelq.errors import UsageError
-from labelq.moderation import Policy, Rule
+from labelq.moderation import Moderator, Policy, in_sample, load_policy
+from labelq.objects import Stores, file_uri
 from labelq.quality import build_report, compare, review_hours, reviewed
 from labelq.quality.evidence import population, reviewed_jobs
 from labelq.records import Record
@@ -42,6 +44,12 @@ def _queue(store: ReviewStore, recs: list[Record], action: str = "tag", label: s
                       threshold=0.5 if action == "tag" else None, job=r.job, labelled_at=r.processed_at,
                       action=action, now=store.clock())
     pipe.execute()
+
+
+def _policy(folder: Path, text: str) -> Policy:
+    path = folder / "policy.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_policy(path)
 
 
 def _decide(store: ReviewStore, uri: str, etag: str, decision: str, who: str, human_label: str | None = None) -> None:
@@ -96,28 +104,7 @@ def test_population_counts_ok_records_of_the_model_and_scores_of_the_label(redis
     assert pop.hist[900] == 1 and pop.hist.sum() == 11
 
 
-@dataclass(frozen=True)
-class Band:
-    lo: float
-    hi: float
-    rate: float
-
-
-@dataclass(frozen=True)
-class Sample:
-    model: str
-    label: str
-    bands: tuple[Band, ...]
-
-
-@dataclass(frozen=True)
-class SampledPolicy(Policy):
-    """A policy with ``[[sample]]`` bands, shaped as the policy file gives them."""
-
-    samples: tuple[Sample, ...] = ()
-
-
-def test_the_report_stratifies_by_the_policy_and_names_strata_without_reviews(redis_client: Any) -> None:
+def test_the_report_stratifies_by_the_policy_and_names_strata_without_reviews(redis_client: Any, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     scores = rng.uniform(0, 1, 600)
     recs = [_rec(f"file:///r/{i}.png", "m", float(s)) for i, s in enumerate(scores)]
@@ -127,8 +114,8 @@ def test_the_report_stratifies_by_the_policy_and_names_strata_without_reviews(re
     _queue(store, flagged)
     for r in flagged:
         _decide(store, r.uri, r.etag, "confirm", "ann")
-    policy = SampledPolicy("p1", (Rule("m", "nsfw", 0.7, ("tag",)),),
-                           samples=(Sample("m", "nsfw", (Band(0.2, 0.5, 0.1),)),))
+    policy = _policy(tmp_path, 'version = "p1"\n[[rule]]\nmodel = "m"\nlabel = "nsfw"\nthreshold = 0.7\n'
+                     'actions = ["tag"]\n[[sample]]\nmodel = "m"\nlabel = "nsfw"\nbands = [[0.2, 0.5, 0.1]]\n')
     rep = build_report(RedisStore(redis_client), store, "m", "nsfw", jobs=["j"], policy=policy, target=0.9).to_dict()
     assert [s["lo"] for s in rep["strata"]] == [0.0, 0.2, 0.5, 0.7]
     assert [s["reviewed"] for s in rep["strata"]] == [0, 0, 0, len(flagged)]
@@ -152,6 +139,65 @@ def test_the_report_stratifies_by_the_policy_and_names_strata_without_reviews(re
         build_report(RedisStore(redis_client), store, "m", "nsfw", jobs=["j"], target=1.5)
     with pytest.raises(UsageError, match="no ok records"):
         build_report(RedisStore(redis_client), store, "nobody", "nsfw", jobs=["j"])
+
+
+SAMPLED = """version = "p2"
+
+[[rule]]
+model = "m"
+label = "nsfw"
+threshold = 0.7
+actions = ["tag"]
+
+[[sample]]
+model = "m"
+label = "nsfw"
+bands = [[0.0, 0.3, 0.1], [0.3, 0.7, 0.4]]
+
+[[sample]]
+model = "m"
+label = "normal"
+bands = [[0.0, 0.5, 0.3], [0.5, 1.0, 0.3]]
+"""
+
+
+def test_the_moderators_samples_are_evidence_of_their_label_only(redis_client: Any, tmp_path: Path) -> None:
+    """The policy's own rule and [[sample]] tables, applied by the moderator, queue the items; once decided, the
+    report of (m, nsfw) uses the rule's items and the nsfw samples (strata at the rule's threshold and the nsfw
+    bands' edges, never the other label's), and none of the items the normal sample alone queued."""
+    root = tmp_path / "root"
+    root.mkdir()
+    policy = _policy(tmp_path, SAMPLED)
+    rng = np.random.default_rng(4)
+    recs = [_rec(file_uri(root / f"{i:03d}.png"), "m", round(float(x), 4), etag=f"e{i}")
+            for i, x in enumerate(rng.uniform(0, 1, 400))]
+    RedisStore(redis_client).write(recs)
+    done = Moderator(policy, redis=redis_client, stores=Stores(load_settings(local_root=root))).apply(recs)
+    assert {a.result for a in done} == {"ok"}
+
+    def nsfw(r: Record) -> float:
+        return next(float(t["score"]) for t in r.top_k if t["label"] == "nsfw")
+
+    band = {(0.0, 0.3): 0.1, (0.3, 0.7): 0.4}
+    rate = {r.uri: next(v for (lo, hi), v in band.items() if lo <= nsfw(r) < hi) for r in recs if nsfw(r) < 0.7}
+    tagged = {r.uri for r in recs if nsfw(r) >= 0.7}
+    drawn = {r.uri for r in recs if r.uri in rate and in_sample(r.uri, r.etag, "m", "nsfw", rate[r.uri])}
+    other = {r.uri for r in recs if in_sample(r.uri, r.etag, "m", "normal", 0.3)} - tagged - drawn
+    assert {a.uri for a in done if a.action == "sample" and a.label == "nsfw"} == drawn
+    assert len(drawn) > 20 and len(other) > 20
+    store = ReviewStore(redis_client)
+    for r in recs:
+        if store.find(r.uri, r.etag) is not None:
+            _decide(store, r.uri, r.etag, "confirm", "ann")
+    got = reviewed(store, "m", "nsfw", ["j"])
+    assert {r.uri for r in got} == tagged | drawn  # the normal sample's own items are not evidence of nsfw
+    assert {r.uri: r.sampled_rate for r in got if r.uri in drawn} == {u: rate[u] for u in drawn}
+    assert {r.uri for r in reviewed(store, "m", "normal", ["j"])} == other
+    rep = build_report(RedisStore(redis_client), store, "m", "nsfw", jobs=["j"], policy=policy).to_dict()
+    assert [(s["lo"], s["hi"]) for s in rep["strata"]] == [(0.0, 0.3), (0.3, 0.7), (0.7, 1.0)]
+    assert [s["reviewed"] for s in rep["strata"]] == [sum(1 for u in drawn if rate[u] == 0.1),
+                                                     sum(1 for u in drawn if rate[u] == 0.4), len(tagged)]
+    assert rep["reviewed"] == len(tagged | drawn) and rep["strata_without_reviews"] == []
 
 
 def test_compare_joins_by_uri_and_etag_and_takes_truth_from_either_models_reviews(redis_client: Any) -> None:
