@@ -3,13 +3,17 @@
 Two tiny ViTs (different seeds) whose classifier heads are rescaled so that their ``nsfw`` scores spread over
 [0, 1] label the same folder of generated images through labelq's engine; their records go to the record store
 under one job (the active model and a shadow candidate). The truth of each object is drawn from a hidden rule
-correlated with the active model's score (plus label noise), with a fixed seed. The real moderator applies a
-policy (``tag`` at 0.6) to the active model's records, which queues the flagged objects for review; a random
-third of the objects below the threshold is queued as a sample. Two reviewers sign in to the console over HTTP,
-open the queue (which claims it) and decide every item by the hidden truth (confirm, release, or a label).
+correlated with the active model's score (plus label noise), with a fixed seed. The real moderator applies the
+policy file to the active model's records: its rule (``tag`` at 0.6) queues the flagged objects for review and
+its ``[[sample]]`` (two bands below the threshold, rate 0.6) queues a sample of the rest, drawn by the hash rule
+over the object's URI (a temporary path), so the sample differs from run to run. Two reviewers sign in to the
+console over HTTP, open the queue (which claims it) and decide every item by the hidden truth (confirm, release,
+or a label).
 
 Then ``labelq moderate report`` (the CLI, in its own process) and ``/api/quality`` must give intervals that
-contain the true precision and recall computed from all records, and ``labelq moderate compare`` must find
+contain the true precision and recall computed from all records (95 % intervals, eight of them checked: over
+random samples of these scores at this rate, about one run in 200 misses one; at the rate 0.35 it was one in 16),
+and ``labelq moderate compare`` must find
 exactly the objects whose action flips between the two models. Chromium checks the /quality page.
 """
 
@@ -41,7 +45,8 @@ pytestmark = pytest.mark.slow
 JOB = "quality-1"
 LABEL = "nsfw"
 THRESHOLD = 0.6
-SAMPLE_RATE = 0.35  # of the objects below the threshold
+SAMPLE_RATE = 0.6  # the [[sample]] rate of both bands below the threshold, [0, 0.3) and [0.3, THRESHOLD)
+SPLIT = 0.3
 N_IMAGES = 360
 USERS = "rita:rita-pw,sam:sam-pw,vic:vic-pw"
 
@@ -141,7 +146,7 @@ def world(redis_db: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     from labelq.console import create_app
     from labelq.moderation import Moderator, load_policy
     from labelq.objects import Stores
-    from labelq.reviews import ReviewStore
+    from labelq.reviews import Query, ReviewStore
     from labelq.services import open_services
 
     tmp = tmp_path_factory.mktemp("quality")
@@ -150,7 +155,8 @@ def world(redis_db: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     candidate = str(_spread_model(tmp / "model-b", 12, images, offset=-0.6))
     policy = tmp / "policy.toml"
     policy.write_text(f'version = "q-1"\n[[rule]]\nmodel = {json.dumps(active)}\nlabel = "{LABEL}"\n'
-                      f'threshold = {THRESHOLD}\nactions = ["tag"]\n')
+                      f'threshold = {THRESHOLD}\nactions = ["tag"]\n[[sample]]\nmodel = {json.dumps(active)}\n'
+                      f'label = "{LABEL}"\nbands = [[0.0, {SPLIT}, {SAMPLE_RATE}], [{SPLIT}, {THRESHOLD}, {SAMPLE_RATE}]]\n')
     settings = load_settings(broker_url=redis_db.url, models=[active, candidate], local_root=tmp / "root",
                              policy=policy, console_users=USERS, console_viewers=["vic"], console_secret="q-secret",
                              console_thumb_dir=tmp / "thumbs")
@@ -167,20 +173,18 @@ def world(redis_db: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     uris = sorted(scores[active])
     truth = {u: bool(rng.random() < 0.04 + 0.9 * scores[active][u] ** 1.3) for u in uris}
 
-    # the policy flags (tag) what scores at or above the threshold: those are queued for review
+    # the real moderator applies the policy file: its rule tags (and queues) what scores at or above the threshold,
+    # its [[sample]] draws about SAMPLE_RATE of the objects below it (the hash rule) as audit samples for review
     mine = [r for r in records if r.model == active]
     acts = Moderator(load_policy(policy), redis=services.redis, stores=Stores(settings)).apply(mine)
-    assert {(x.action, x.result) for x in acts} == {("tag", "ok")}
-    # TODO(lead): after the merge with the policy's [[sample]] tables, queue these by the policy instead
-    store = ReviewStore(services.redis)
-    below = [r for r in mine if _nsfw(r) < THRESHOLD]
-    sampled = [below[i] for i in np.random.default_rng(5).choice(len(below), int(SAMPLE_RATE * len(below)),
-                                                                     replace=False)]
-    pipe = services.redis.pipeline(transaction=False)
-    for r in sampled:
-        store.add_one(pipe, uri=r.uri, etag=r.etag, model=active, label=LABEL, score=_nsfw(r), policy="q-1",
-                      threshold=None, job=JOB, labelled_at=r.processed_at, action="sample", now=store.clock())
-    pipe.execute()
+    assert {(x.action, x.result) for x in acts} == {("tag", "ok"), ("sample", "ok")}
+    tagged = {x.uri for x in acts if x.action == "tag"}
+    sampled = {x.uri: x for x in acts if x.action == "sample"}
+    assert tagged == {r.uri for r in mine if _nsfw(r) >= THRESHOLD}
+    assert all(x.score < THRESHOLD and x.sample_rate == SAMPLE_RATE for x in sampled.values())
+    n_below = sum(1 for r in mine if _nsfw(r) < THRESHOLD)
+    assert 0.5 * n_below < len(sampled) < 0.7 * n_below, (len(sampled), n_below)  # enough for each stratum
+    assert ReviewStore(services.redis).query(Query(state="pending", model=active, label=LABEL)).total == len(acts)
 
     app = create_app(settings, services)
     port = free_port()
@@ -209,7 +213,7 @@ def world(redis_db: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
                                json_answer=True)
                 assert got["ok"], got
                 decided += 1
-        assert decided == len(sampled) + sum(1 for r in mine if _nsfw(r) >= THRESHOLD)
+        assert decided == len(sampled) + len(tagged)
         env = labelq_env(broker=redis_db.url, models=[active, candidate], local_root=tmp / "root")
         yield World(base, settings, env, policy, active, candidate, scores, truth, decided)
     finally:
@@ -234,7 +238,7 @@ def test_the_report_covers_the_true_precision_and_recall(world: World, tmp_path:
                str(world.policy), "--precision", "0.8", "--json", "--items", str(items)], world.env).check()
     report = json.loads(got.stdout)
     assert report["records"] == N_IMAGES and report["reviewed"] == world.decisions
-    assert [s["lo"] for s in report["strata"]] == [0.0, THRESHOLD]
+    assert [s["lo"] for s in report["strata"]] == [0.0, SPLIT, THRESHOLD]  # the sample bands' edges, the rule's
     assert report["strata_without_reviews"] == []
     assert set(report["review_hours"]) == {"rita", "sam"}
     points = {p["threshold"]: p for p in report["points"]}
@@ -257,9 +261,11 @@ def test_the_report_covers_the_true_precision_and_recall(world: World, tmp_path:
     rows = pq.read_table(items).to_pylist()
     assert len(rows) == world.decisions
     assert {r["uri"]: r["truth"] for r in rows} == {u: world.truth[u] for u in (r["uri"] for r in rows)}
-    n_below = sum(1 for v in world.scores[world.active].values() if v < THRESHOLD)
-    low = [r for r in rows if r["score"] < THRESHOLD]
-    assert all(r["weight"] == pytest.approx(n_below / len(low)) for r in low)
+    for lo, hi in ((0.0, SPLIT), (SPLIT, THRESHOLD)):  # each sampled item stands for its band's share
+        n_band = sum(1 for v in world.scores[world.active].values() if lo <= v < hi)
+        band = [r for r in rows if lo <= r["score"] < hi]
+        assert band and all(r["weight"] == pytest.approx(n_band / len(band)) for r in band)
+        assert {r["sampled_rate"] for r in band} == {SAMPLE_RATE}  # the rate the policy's [[sample]] drew them at
     assert all(r["weight"] == pytest.approx(1.0) for r in rows if r["score"] >= THRESHOLD)
 
     # the console's JSON says the same, and a viewer may read it
