@@ -59,6 +59,20 @@ class Files(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def local_root(url: str) -> Path:
+    """The folder of a local store URL ``scheme:///abs/folder``, created if missing (``parquet://``,
+    ``delta://``); a relative folder or one that cannot be created is one line for the user."""
+    scheme, _sep, path = url.partition("://")
+    if not path.startswith("/"):
+        raise UsageError(f"result store {url}: use an absolute folder, as in {scheme}:///data/labels")
+    root = Path(path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"result store {url}: cannot create {root}: {exc.strerror}") from None
+    return root
+
+
 class LocalFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -242,15 +256,7 @@ class ParquetStore:
                     s3_client = boto3.client("s3")
             return cls(S3Files(s3_client, bucket, prefix), url=url)
         if url.startswith("parquet://"):
-            path = url[len("parquet://") :]
-            if not path.startswith("/"):
-                raise UsageError(f"result store {url}: use an absolute folder, as in parquet:///data/labels")
-            root = Path(path)
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(f"result store {url}: cannot create {root}: {exc.strerror}") from None
-            return cls(LocalFiles(root), url=url)
+            return cls(LocalFiles(local_root(url)), url=url)
         raise UsageError(f"unsupported Parquet result store {url}: use parquet:///abs/folder or parquet+s3://bucket/prefix")
 
     # ------------------------------------------------------------------ write
