@@ -33,7 +33,7 @@ from tests.support.moto import MotoServer
 from tests.support.postgres import PostgresServer
 from tests.support.procs import MissingBinary
 from tests.support.rabbit import RabbitServer
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, SentinelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,16 @@ def redis_client(redis_url: str, redis_server: RedisServer) -> Iterator[Any]:
     """A ``redis.Redis`` on the clean db of ``redis_url``."""
     with redis_server.client() as client:
         yield client
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A fresh Redis Sentinel group per test (a master, a replica, three sentinels): the tests kill its master."""
+    group = _need(lambda: SentinelGroup(tmp_path / "ha", sentinels=3).start())
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 # ---------------------------------------------------------------- S3

@@ -21,6 +21,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from PIL import Image
 from labelq.testing import CORPUS_MAX_PIXELS, VIT_LABELS, VIT_PROCESSOR, make_photos
 from tests.support.procs import HOST
 from tests.support.redis import RedisServer
-from tests.support.workers import LABELQ, Procs
+from tests.support.workers import LABELQ, Procs, by_key, cli, read_jsonl
 
 # ---------------------------------------------------------------- labelq run (test_run_cli.py)
 
@@ -285,3 +286,51 @@ def job_hash(client: Any, job: str) -> dict[str, str]:
     from labelq import keys
 
     return {k.decode(): v.decode() for k, v in client.hgetall(keys.job(job)).items()}
+
+
+# ---------------------------------------------------------------- jobs driven by the CLI (faults, heal, HA, scale)
+
+
+def write_photos(folder: Path, data: list[bytes], prefix: str = "p") -> list[Path]:
+    """``data`` as ``{prefix}_0000.jpg``, ``{prefix}_0001.jpg``, … in ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, blob in enumerate(data):
+        path = folder / f"{prefix}_{i:04d}.jpg"
+        path.write_bytes(blob)
+        out.append(path)
+    return out
+
+
+def file_uris(paths: list[Path]) -> set[str]:
+    return {p.resolve().as_uri() for p in paths}
+
+
+def job_status(env: dict[str, str], job: str, cwd: Path) -> dict[str, Any]:
+    """``labelq status JOB --json``."""
+    import json
+
+    return json.loads(cli(["status", job, "--json"], env, cwd=cwd).check().stdout)
+
+
+def export_job(env: dict[str, str], job: str, cwd: Path) -> list[dict[str, Any]]:
+    """``labelq export JOB`` to a fresh file, read back."""
+    out = cwd / f"{job}-{time.monotonic_ns()}.jsonl"
+    cli(["export", job, "-o", str(out)], env, cwd=cwd).check()
+    return read_jsonl(out)
+
+
+def once_each(records: list[dict[str, Any]], uris: set[str], model: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """One record per object for ``model``, none twice and nothing else; the records by (uri, model)."""
+    pairs = by_key(records)
+    twice = {k: len(v) for k, v in pairs.items() if len(v) > 1}
+    assert not twice, f"records written twice: {twice}"
+    assert set(pairs) == {(u, model) for u in uris}
+    return pairs
+
+
+def broken_copy(model: Path, where: Path) -> Path:
+    """The model's folder with its weights replaced by garbage: the config resolves, the load fails."""
+    shutil.copytree(model, where)
+    (where / "model.safetensors").write_bytes(b"\x00\x01 not a safetensors file" * 10)
+    return where

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from labelq import keys as lq_keys
-from tests.e2e.test_faults import broken_copy, export, file_uris, once_each, photos, status
+from tests.e2e.conftest import broken_copy, export_job, file_uris, job_status, once_each, write_photos
 from tests.support.procs import free_port, group_members, wait_until
 from tests.support.redis import RedisServer
 from tests.support.workers import Procs, cli, labelq_env
@@ -45,7 +45,7 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
         tmp_path: Path, own_redis: RedisServer, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]) -> None:
     """Redis (broker, job state and records) stopped for 15 s mid-job: the worker stays up and says "degraded" (log
     and metrics), `ping` says degraded, and once Redis is back the job ends done with every object labelled exactly once."""
-    paths = photos(tmp_path / "in", photo_bytes[:96])
+    paths = write_photos(tmp_path / "in", photo_bytes[:96])
     metrics = free_port()
     env = labelq_env(broker=own_redis.url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
                      stall_timeout=120, visibility_timeout=60, metrics_port=metrics)
@@ -65,8 +65,8 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     assert w.alive(), w.tail()
     own_redis.start()
     w.wait_for(lambda t: "recovered" in t, timeout=60, what="the worker's log to say recovered")
-    wait_until(lambda: status(env, "R", tmp_path)["state"] == "done", timeout=120, every=1.0, what="job R done")
-    once_each(export(env, "R", tmp_path), file_uris(paths), str(slow_vit))
+    wait_until(lambda: job_status(env, "R", tmp_path)["state"] == "done", timeout=120, every=1.0, what="job R done")
+    once_each(export_job(env, "R", tmp_path), file_uris(paths), str(slow_vit))
     assert w.alive(), w.tail()
 
 
@@ -88,7 +88,7 @@ def test_a_sigkilled_device_process_is_restarted_and_the_job_finishes_once_each(
         photo_bytes: list[bytes]) -> None:
     """SIGKILL the celery child of `labelq worker` mid-job: the launcher logs it and starts a new one; the chunk it
     held comes back after the visibility timeout; the job ends done, each object once; SIGTERM then stops all."""
-    paths = photos(tmp_path / "in", photo_bytes[:32])
+    paths = write_photos(tmp_path / "in", photo_bytes[:32])
     env = labelq_env(broker=redis_url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
                      visibility_timeout=10, stall_timeout=120)
     w = procs.worker(env)
@@ -98,8 +98,8 @@ def test_a_sigkilled_device_process_is_restarted_and_the_job_finishes_once_each(
     os.kill(child, signal.SIGKILL)
     w.wait_for(lambda t: "restarting it in" in t and "killed by signal 9" in t, timeout=30, what="the restart line")
     wait_until(lambda: len([c for c in celery_children(w.pid) if c != child]) == 1, timeout=30, what="a new child")
-    wait_until(lambda: status(env, "K", tmp_path)["state"] == "done", timeout=180, every=1.0, what="job K done")
-    once_each(export(env, "K", tmp_path), file_uris(paths), str(slow_vit))
+    wait_until(lambda: job_status(env, "K", tmp_path)["state"] == "done", timeout=180, every=1.0, what="job K done")
+    once_each(export_job(env, "K", tmp_path), file_uris(paths), str(slow_vit))
     started = time.monotonic()
     assert w.terminate(60) == 0, w.tail()
     assert time.monotonic() - started < 60
@@ -247,7 +247,7 @@ def test_a_webhook_never_holds_a_chunk_and_each_object_is_posted_once_per_policy
     exactly one successful POST per object, nothing dead."""
     hook = Webhook(mode)
     try:
-        photos(tmp_path / "in", photo_bytes[:8])
+        write_photos(tmp_path / "in", photo_bytes[:8])
         policy = notify_policy(tmp_path / "policy.toml", tiny_vit, hook.url, attempts=1 if mode == "hang" else 3)
         env = labelq_env(broker=redis_url, models=[tiny_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
                          policy=str(policy), outbox_timeout=2, visibility_timeout=20)
