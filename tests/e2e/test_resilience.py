@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from labelq import keys as lq_keys
-from tests.e2e.conftest import broken_copy, export_job, file_uris, job_status, once_each, write_photos
+from tests.e2e.conftest import broken_copy, export_job, file_uris, job_hash, job_status, once_each, write_photos
 from tests.support.procs import free_port, group_members, wait_until
 from tests.support.redis import RedisServer
 from tests.support.workers import Procs, cli, labelq_env
@@ -30,21 +30,12 @@ from tests.support.workers import Procs, cli, labelq_env
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Any:
-    """A private redis-server that keeps its data across stop/start (AOF): an outage, not a wipe."""
-    server = RedisServer(tmp_path / "redis", aof=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
-        tmp_path: Path, own_redis: RedisServer, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]) -> None:
-    """Redis (broker, job state and records) stopped for 15 s mid-job: the worker stays up and says "degraded" (log
-    and metrics), `ping` says degraded, and once Redis is back the job ends done with every object labelled exactly once."""
+        tmp_path: Path, redis_factory: Any, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]) -> None:
+    """Redis (broker, job state and records; AOF, so an outage and not a wipe) stopped for 15 s mid-job: the worker
+    stays up and says "degraded" (log and metrics), `ping` says degraded, the job state survives the restart, and once
+    Redis is back the job ends done with every object labelled exactly once and nothing counted twice."""
+    own_redis: RedisServer = redis_factory(aof=True)
     paths = write_photos(tmp_path / "in", photo_bytes[:96])
     metrics = free_port()
     env = labelq_env(broker=own_redis.url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
@@ -53,8 +44,9 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     cli(["enqueue", str(tmp_path / "in"), "--job", "R"], env, cwd=tmp_path).check()
     client = own_redis.client()
     wait_until(lambda: int(client.hget("labelq:job:R", "ok") or 0) >= 8, timeout=90, what="some records written")
+    before = job_hash(client, "R")
     client.close()
-    own_redis.stop()
+    own_redis.stop()  # SIGTERM: the AOF is flushed; fsync=always besides
     down_at = time.monotonic()
     w.wait_for(lambda t: "degraded" in t, timeout=30, what="the worker's log to say degraded")
     ping = cli(["ping", "--timeout", "1"], env, cwd=tmp_path, timeout=60)
@@ -64,10 +56,18 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
     assert w.alive(), w.tail()
     own_redis.start()
+    with own_redis.client() as client:
+        after_restart = job_hash(client, "R")
+    assert after_restart["listed"] == before["listed"] == "96"  # job state survived
+    assert int(before["ok"]) < 96  # the outage was mid-job
+    assert int(after_restart["ok"]) >= int(before["ok"])
     w.wait_for(lambda t: "recovered" in t, timeout=60, what="the worker's log to say recovered")
     wait_until(lambda: job_status(env, "R", tmp_path)["state"] == "done", timeout=120, every=1.0, what="job R done")
+    st = job_status(env, "R", tmp_path)
+    assert (st["ok"], st["error"], st["total"]) == (96, 0, 96), st
     once_each(export_job(env, "R", tmp_path), file_uris(paths), str(slow_vit))
     assert w.alive(), w.tail()
+    assert "Connection to broker lost" in w.text()
 
 
 def celery_children(leader: int) -> list[int]:
@@ -138,14 +138,9 @@ LIVE = "labelq.live"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Any:
+def broker(redis_factory: Any) -> RedisServer:
     """A second redis-server as the broker, to take down while job state stays up."""
-    server = RedisServer(tmp_path / "broker")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return redis_factory()
 
 
 def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_broker_is_back(
