@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import pytest
 
 from labelq.testing import Corpus, build_timm, build_vit, make_corpus
 from tests.support.clouds import Azurite, GcsEmulator
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, fresh_bucket
 from tests.support.postgres import PostgresServer
 from tests.support.procs import MissingBinary
 from tests.support.rabbit import RabbitServer
@@ -202,17 +201,8 @@ def s3_client(s3_server: MotoServer) -> Any:
 @pytest.fixture
 def s3_bucket(s3_client: Any) -> Iterator[str]:
     """A fresh, empty bucket's name; it and its objects are deleted after the test."""
-    name = f"labelq-test-{uuid.uuid4().hex[:12]}"
-    s3_client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket(s3_client, "labelq-test") as name:
         yield name
-    finally:
-        paginator = s3_client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=name):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                s3_client.delete_objects(Bucket=name, Delete={"Objects": keys})
-        s3_client.delete_bucket(Bucket=name)
 
 
 # ---------------------------------------------------------------- Google Cloud Storage, Azure Blob

@@ -33,6 +33,7 @@ import pytest
 from PIL import Image
 
 from labelq.testing import CORPUS_MAX_PIXELS, VIT_LABELS, VIT_PROCESSOR, make_photos
+from tests.support.moto import fresh_bucket
 from tests.support.procs import HOST
 from tests.support.redis import RedisServer
 from tests.support.workers import LABELQ, Procs, by_key, cli, read_jsonl
@@ -162,24 +163,8 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 @pytest.fixture(scope="module")
 def module_bucket(s3_client: Any) -> Iterator[str]:
     """A bucket for one module; emptied and deleted afterwards."""
-    import uuid
-
-    name = f"labelq-e2e-{uuid.uuid4().hex[:12]}"
-    s3_client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket(s3_client, "labelq-e2e") as name:
         yield name
-    finally:
-        empty_bucket(s3_client, name)
-        s3_client.delete_bucket(Bucket=name)
-
-
-def empty_bucket(s3_client: Any, bucket: str) -> None:
-    with contextlib.suppress(Exception):
-        s3_client.delete_bucket_policy(Bucket=bucket)
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if objs:
-            s3_client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
 
 
 def put_objects(s3_client: Any, bucket: str, objects: Mapping[str, bytes], **extra: Any) -> dict[str, str]:

@@ -28,7 +28,8 @@ import pytest
 
 from labelq import keys
 from labelq.testing import CORPUS_MAX_PIXELS
-from tests.e2e.conftest import PasswordRedis, RedisDB, empty_bucket, job_hash, jpeg, png, put_objects
+from tests.e2e.conftest import PasswordRedis, RedisDB, job_hash, jpeg, png, put_objects
+from tests.support.moto import empty_bucket
 from tests.support.procs import wait_until
 from tests.support.redis import queue_length, queued_chunks, unacked_chunks
 from tests.support.workers import Procs, Worker, by_key, chunk_executions, cli, labelq_env, read_jsonl
