@@ -77,21 +77,22 @@ class LocalFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def put(self, key: str, data: bytes) -> None:
+    def _temp(self, key: str, data: bytes) -> tuple[Path, Path]:
+        """``data`` written complete to a hidden temp file beside ``key``'s path (listings skip dot files)."""
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         with tmp.open("wb") as f:
             f.write(data)
+        return path, tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path, tmp = self._temp(key, data)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
 
     def put_new(self, key: str, data: bytes) -> bool:
         """Write ``key`` only when it does not exist (atomically: a hard link of a complete temp file)."""
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
+        path, tmp = self._temp(key, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
