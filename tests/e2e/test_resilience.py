@@ -143,14 +143,23 @@ def broker(redis_factory: Any) -> RedisServer:
     return redis_factory()
 
 
-def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_broker_is_back(
-        tmp_path: Path, redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+def listen_then_broker_down(procs: Procs, broker: RedisServer, redis_url: str, redis_client: Any, model: Path,
+                            job: str, outage_wait: float, *keys: str) -> tuple[str, dict[str, str], Any]:
+    """`labelq listen --minio` started on ``broker`` (job state in ``redis_url``), then the broker stopped and a
+    MinIO event of ``keys`` pushed: (the events list's key, the listener's environment, the listener)."""
     events = f"events-{uuid.uuid4().hex[:8]}"
-    env = labelq_env(broker=broker.url, redis=redis_url, models=[tiny_vit], events_key=events, outage_wait=120)
-    listen = procs.spawn(["listen", "--minio", "--job", "L1"], env, name="listen")
+    env = labelq_env(broker=broker.url, redis=redis_url, models=[model], events_key=events, outage_wait=outage_wait)
+    listen = procs.spawn(["listen", "--minio", "--job", job], env, name="listen")
     listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
     broker.stop()
-    redis_client.rpush(events, minio_event("a.jpg", "b.jpg"))
+    redis_client.rpush(events, minio_event(*keys))
+    return events, env, listen
+
+
+def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_broker_is_back(
+        redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+    events, _env, listen = listen_then_broker_down(procs, broker, redis_url, redis_client, tiny_vit, "L1", 120,
+                                                   "a.jpg", "b.jpg")
     listen.wait_for(lambda t: "listen degraded" in t, timeout=30, what="'listen degraded'")
     assert redis_client.llen(events) == 0 and redis_client.llen(f"{events}:processing") == 1  # taken, kept
     time.sleep(3)
@@ -165,13 +174,8 @@ def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_br
 
 
 def test_listen_exits_non_zero_with_one_line_when_the_broker_stays_down_and_the_next_one_replays_the_event(
-        tmp_path: Path, redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
-    events = f"events-{uuid.uuid4().hex[:8]}"
-    env = labelq_env(broker=broker.url, redis=redis_url, models=[tiny_vit], events_key=events, outage_wait=4)
-    listen = procs.spawn(["listen", "--minio", "--job", "L2"], env, name="listen")
-    listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
-    broker.stop()
-    redis_client.rpush(events, minio_event("c.jpg"))
+        redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+    events, env, listen = listen_then_broker_down(procs, broker, redis_url, redis_client, tiny_vit, "L2", 4, "c.jpg")
     assert listen.wait(60) == 1
     errors = [line for line in listen.text().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not queue" in errors[0] and "labelq listen" in errors[0], listen.tail()
