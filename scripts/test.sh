@@ -22,4 +22,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ruff check labelq tests bench
 lint-imports  # the layer contracts of pyproject.toml [tool.importlinter] (docs/design.md, "House and layers")
 python scripts/import_graph.py --check  # docs/design.md's import graph is the code's (regenerate: --write)
-python -m pytest "$@"
+# Two test processes (pytest-xdist), each running whole files: a file's module fixtures (workers, servers) stay in
+# one process, and every process starts its own session servers on free ports. Most tests wait on a worker
+# process of one thread, so two at once keep both cores busy. `-n 0` (or `-p no:xdist`) after the script runs one.
+python -m pytest -n 2 --dist loadfile "$@"

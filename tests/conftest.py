@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,11 @@ import pytest
 
 from labelq.testing import Corpus, build_timm, build_vit, make_corpus
 from tests.support.clouds import Azurite, GcsEmulator
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, fresh_bucket
 from tests.support.postgres import PostgresServer
 from tests.support.procs import MissingBinary
 from tests.support.rabbit import RabbitServer
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, SentinelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +167,16 @@ def redis_client(redis_url: str, redis_server: RedisServer) -> Iterator[Any]:
         yield client
 
 
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A fresh Redis Sentinel group per test (a master, a replica, three sentinels): the tests kill its master."""
+    group = _need(lambda: SentinelGroup(tmp_path / "ha", sentinels=3).start())
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
 # ---------------------------------------------------------------- S3
 
 
@@ -192,17 +201,8 @@ def s3_client(s3_server: MotoServer) -> Any:
 @pytest.fixture
 def s3_bucket(s3_client: Any) -> Iterator[str]:
     """A fresh, empty bucket's name; it and its objects are deleted after the test."""
-    name = f"labelq-test-{uuid.uuid4().hex[:12]}"
-    s3_client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket(s3_client, "labelq-test") as name:
         yield name
-    finally:
-        paginator = s3_client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=name):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                s3_client.delete_objects(Bucket=name, Delete={"Objects": keys})
-        s3_client.delete_bucket(Bucket=name)
 
 
 # ---------------------------------------------------------------- Google Cloud Storage, Azure Blob

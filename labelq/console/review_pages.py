@@ -105,47 +105,45 @@ def _version(form: Any) -> int:
         raise UsageError("the form lacks the item's version: reload the page") from None
 
 
+def _item_form(form: Any) -> tuple[str, str]:
+    """The item id and the page to go back to, of a single-item form (decide, undo)."""
+    return str(form.get("id") or ""), _safe_next(str(form.get("next") or ""), "/review")
+
+
+def _reply(request: Request, next_url: str, message: str, item: Any, *, ok: bool = True, status: int = 200) -> Response:
+    """JSON for the page's script (the item as it now is), else a flash and a redirect back."""
+    if _wants_json(request):
+        return JSONResponse({"ok": ok, "message": message, "item": item.public() if item is not None else None},
+                            status_code=status)
+    request.session["flash"] = message
+    return RedirectResponse(next_url, status_code=303)
+
+
+def _refused(request: Request, console: Console, iid: str, next_url: str, exc: UsageError, status: int) -> Response:
+    current = exc.item if isinstance(exc, review.Conflict) else console.reviews.get(iid)
+    return _reply(request, next_url, f"refused: {exc}", current, ok=False, status=status)
+
+
 @page(write=True)
 def review_decide(request: Request, console: Console, user: User, form: Any) -> Response:
-    iid, decision = str(form.get("id") or ""), str(form.get("decision") or "")
-    next_url = _safe_next(str(form.get("next") or ""), "/review")
+    (iid, next_url), decision = _item_form(form), str(form.get("decision") or "")
     try:
         item = review.decide(console.services.redis, console.stores, console.reviews, iid, _version(form), decision,
                              user.name, human_label=str(form.get("human_label") or ""),
                              reason=str(form.get("reason") or ""), reasons=console.settings.console_reasons)
     except UsageError as exc:
-        current = exc.item if isinstance(exc, review.Conflict) else console.reviews.get(iid)
-        if _wants_json(request):
-            return JSONResponse({"ok": False, "message": f"refused: {exc}",
-                                 "item": current.public() if current is not None else None},
-                                status_code=409 if isinstance(exc, review.Conflict) else 400)
-        request.session["flash"] = f"refused: {exc}"
-        return RedirectResponse(next_url, status_code=303)
-    message = f"{decision}: {shown_key(item.uri)}"
-    if _wants_json(request):
-        return JSONResponse({"ok": True, "message": message, "item": item.public()})
-    request.session["flash"] = message
-    return RedirectResponse(next_url, status_code=303)
+        return _refused(request, console, iid, next_url, exc, 409 if isinstance(exc, review.Conflict) else 400)
+    return _reply(request, next_url, f"{decision}: {shown_key(item.uri)}", item)
 
 
 @page(write=True)
 def review_undo(request: Request, console: Console, user: User, form: Any) -> Response:
-    iid = str(form.get("id") or "")
-    next_url = _safe_next(str(form.get("next") or ""), "/review")
+    iid, next_url = _item_form(form)
     try:
         item = review.undo(console.services.redis, console.stores, console.reviews, iid, _version(form), user.name)
     except UsageError as exc:
-        current = exc.item if isinstance(exc, review.Conflict) else console.reviews.get(iid)
-        if _wants_json(request):
-            return JSONResponse({"ok": False, "message": f"refused: {exc}",
-                                 "item": current.public() if current is not None else None}, status_code=409)
-        request.session["flash"] = f"refused: {exc}"
-        return RedirectResponse(next_url, status_code=303)
-    message = f"undone: {shown_key(item.uri)}"
-    if _wants_json(request):
-        return JSONResponse({"ok": True, "message": message, "item": item.public()})
-    request.session["flash"] = message
-    return RedirectResponse(next_url, status_code=303)
+        return _refused(request, console, iid, next_url, exc, 409)
+    return _reply(request, next_url, f"undone: {shown_key(item.uri)}", item)
 
 
 @page(write=True, admin=True)

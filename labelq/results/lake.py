@@ -40,7 +40,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -48,7 +47,7 @@ from .. import keys as redis_keys
 from ..errors import UsageError
 from ..records import Record, arrow_schema
 from .base import RevisionCounts, count_revisions
-from .parquet import SUFFIX, LocalFiles, ParquetStore, UriIndex, _encode, _from_row, _Part, read_newest
+from .parquet import SUFFIX, LocalFiles, ParquetStore, UriIndex, _encode, _from_row, _Part, local_root, read_newest
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +120,7 @@ class DeltaStore:
             uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
             return cls(files, uri, storage_options=_s3_options(files.client), url=url, **kw)
         if url.startswith("delta://"):
-            path = url[len("delta://") :]
-            if not path.startswith("/"):
-                raise UsageError(f"result store {url}: use an absolute folder, as in delta:///data/labels")
-            root = Path(path)
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(f"result store {url}: cannot create {root}: {exc.strerror}") from None
+            root = local_root(url)
             return cls(LocalFiles(root), str(root), url=url, **kw)
         raise UsageError(f"unsupported Delta result store {url}: use delta:///abs/folder or delta+s3://bucket/prefix")
 

@@ -59,25 +59,40 @@ class Files(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def local_root(url: str) -> Path:
+    """The folder of a local store URL ``scheme:///abs/folder``, created if missing (``parquet://``,
+    ``delta://``); a relative folder or one that cannot be created is one line for the user."""
+    scheme, _sep, path = url.partition("://")
+    if not path.startswith("/"):
+        raise UsageError(f"result store {url}: use an absolute folder, as in {scheme}:///data/labels")
+    root = Path(path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"result store {url}: cannot create {root}: {exc.strerror}") from None
+    return root
+
+
 class LocalFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def put(self, key: str, data: bytes) -> None:
+    def _temp(self, key: str, data: bytes) -> tuple[Path, Path]:
+        """``data`` written complete to a hidden temp file beside ``key``'s path (listings skip dot files)."""
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         with tmp.open("wb") as f:
             f.write(data)
+        return path, tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path, tmp = self._temp(key, data)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
 
     def put_new(self, key: str, data: bytes) -> bool:
         """Write ``key`` only when it does not exist (atomically: a hard link of a complete temp file)."""
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
+        path, tmp = self._temp(key, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -242,15 +257,7 @@ class ParquetStore:
                     s3_client = boto3.client("s3")
             return cls(S3Files(s3_client, bucket, prefix), url=url)
         if url.startswith("parquet://"):
-            path = url[len("parquet://") :]
-            if not path.startswith("/"):
-                raise UsageError(f"result store {url}: use an absolute folder, as in parquet:///data/labels")
-            root = Path(path)
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(f"result store {url}: cannot create {root}: {exc.strerror}") from None
-            return cls(LocalFiles(root), url=url)
+            return cls(LocalFiles(local_root(url)), url=url)
         raise UsageError(f"unsupported Parquet result store {url}: use parquet:///abs/folder or parquet+s3://bucket/prefix")
 
     # ------------------------------------------------------------------ write

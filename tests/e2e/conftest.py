@@ -21,6 +21,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +33,10 @@ import pytest
 from PIL import Image
 
 from labelq.testing import CORPUS_MAX_PIXELS, VIT_LABELS, VIT_PROCESSOR, make_photos
+from tests.support.moto import fresh_bucket
 from tests.support.procs import HOST
 from tests.support.redis import RedisServer
-from tests.support.workers import LABELQ, Procs
+from tests.support.workers import LABELQ, Procs, by_key, cli, read_jsonl
 
 # ---------------------------------------------------------------- labelq run (test_run_cli.py)
 
@@ -161,24 +163,8 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 @pytest.fixture(scope="module")
 def module_bucket(s3_client: Any) -> Iterator[str]:
     """A bucket for one module; emptied and deleted afterwards."""
-    import uuid
-
-    name = f"labelq-e2e-{uuid.uuid4().hex[:12]}"
-    s3_client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket(s3_client, "labelq-e2e") as name:
         yield name
-    finally:
-        empty_bucket(s3_client, name)
-        s3_client.delete_bucket(Bucket=name)
-
-
-def empty_bucket(s3_client: Any, bucket: str) -> None:
-    with contextlib.suppress(Exception):
-        s3_client.delete_bucket_policy(Bucket=bucket)
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if objs:
-            s3_client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
 
 
 def put_objects(s3_client: Any, bucket: str, objects: Mapping[str, bytes], **extra: Any) -> dict[str, str]:
@@ -285,3 +271,51 @@ def job_hash(client: Any, job: str) -> dict[str, str]:
     from labelq import keys
 
     return {k.decode(): v.decode() for k, v in client.hgetall(keys.job(job)).items()}
+
+
+# ---------------------------------------------------------------- jobs driven by the CLI (faults, heal, HA, scale)
+
+
+def write_photos(folder: Path, data: list[bytes], prefix: str = "p") -> list[Path]:
+    """``data`` as ``{prefix}_0000.jpg``, ``{prefix}_0001.jpg``, … in ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, blob in enumerate(data):
+        path = folder / f"{prefix}_{i:04d}.jpg"
+        path.write_bytes(blob)
+        out.append(path)
+    return out
+
+
+def file_uris(paths: list[Path]) -> set[str]:
+    return {p.resolve().as_uri() for p in paths}
+
+
+def job_status(env: dict[str, str], job: str, cwd: Path) -> dict[str, Any]:
+    """``labelq status JOB --json``."""
+    import json
+
+    return json.loads(cli(["status", job, "--json"], env, cwd=cwd).check().stdout)
+
+
+def export_job(env: dict[str, str], job: str, cwd: Path) -> list[dict[str, Any]]:
+    """``labelq export JOB`` to a fresh file, read back."""
+    out = cwd / f"{job}-{time.monotonic_ns()}.jsonl"
+    cli(["export", job, "-o", str(out)], env, cwd=cwd).check()
+    return read_jsonl(out)
+
+
+def once_each(records: list[dict[str, Any]], uris: set[str], model: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """One record per object for ``model``, none twice and nothing else; the records by (uri, model)."""
+    pairs = by_key(records)
+    twice = {k: len(v) for k, v in pairs.items() if len(v) > 1}
+    assert not twice, f"records written twice: {twice}"
+    assert set(pairs) == {(u, model) for u in uris}
+    return pairs
+
+
+def broken_copy(model: Path, where: Path) -> Path:
+    """The model's folder with its weights replaced by garbage: the config resolves, the load fails."""
+    shutil.copytree(model, where)
+    (where / "model.safetensors").write_bytes(b"\x00\x01 not a safetensors file" * 10)
+    return where

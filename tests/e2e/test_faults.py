@@ -16,52 +16,24 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import job_hash, put_objects
+from tests.e2e.conftest import (
+    broken_copy,
+    export_job,
+    file_uris,
+    job_hash,
+    job_status,
+    once_each,
+    put_objects,
+    write_photos,
+)
 from tests.support.procs import wait_until
 from tests.support.redis import queue_length
-from tests.support.workers import Procs, by_key, cli, labelq_env, read_jsonl
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 
 CHUNK = 8
 BATCH = 8
-
-
-def photos(folder: Path, data: list[bytes], prefix: str = "p") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, d in enumerate(data):
-        path = folder / f"{prefix}_{i:04d}.jpg"
-        path.write_bytes(d)
-        out.append(path)
-    return out
-
-
-def broken_copy(model: Path, where: Path) -> Path:
-    """The model's folder with its weights replaced by garbage: the config resolves, the load fails."""
-    shutil.copytree(model, where)
-    (where / "model.safetensors").write_bytes(b"\x00\x01 not a safetensors file" * 10)
-    return where
-
-
-def status(env: dict[str, str], job: str, cwd: Path) -> dict[str, Any]:
-    return json.loads(cli(["status", job, "--json"], env, cwd=cwd).check().stdout)
-
-
-def export(env: dict[str, str], job: str, cwd: Path) -> list[dict[str, Any]]:
-    out = cwd / f"{job}-{time.monotonic_ns()}.jsonl"
-    cli(["export", job, "-o", str(out)], env, cwd=cwd).check()
-    return read_jsonl(out)
-
-
-def once_each(records: list[dict[str, Any]], uris: set[str], model: str) -> None:
-    pairs = by_key(records)
-    assert {k: len(v) for k, v in pairs.items() if len(v) > 1} == {}, "records written twice"
-    assert set(pairs) == {(u, model) for u in uris}
-
-
-def file_uris(paths: list[Path]) -> set[str]:
-    return {p.resolve().as_uri() for p in paths}
 
 
 @pytest.fixture
@@ -83,7 +55,7 @@ def env_for(tmp_path: Path, tiny_vit: Path) -> Any:
 def test_a_worker_whose_model_does_not_load_exits_and_takes_no_chunk(
         fault: str, tmp_path: Path, redis_url: str, redis_client: Any, procs: Procs, tiny_vit: Path,
         photo_bytes: list[bytes], env_for: Any) -> None:
-    paths = photos(tmp_path / "in", photo_bytes[:16])
+    paths = write_photos(tmp_path / "in", photo_bytes[:16])
     env = env_for(redis_url)
     cli(["enqueue", str(tmp_path / "in"), "--job", "J"], env, cwd=tmp_path).check()
     assert queue_length(redis_client) == 2
@@ -96,13 +68,13 @@ def test_a_worker_whose_model_does_not_load_exits_and_takes_no_chunk(
     assert queue_length(redis_client) == 2  # it took nothing
     procs.worker(env)  # a good worker labels everything
     wait_until(lambda: job_hash(redis_client, "J").get("state") == "done", timeout=120, what="job done")
-    once_each(export(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
+    once_each(export_job(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
 
 
 def test_enqueue_refuses_a_model_it_cannot_resolve_before_publishing(tmp_path: Path, redis_url: str,
                                                                        redis_client: Any, photo_bytes: list[bytes],
                                                                        env_for: Any) -> None:
-    photos(tmp_path / "in", photo_bytes[:4])
+    write_photos(tmp_path / "in", photo_bytes[:4])
     env = env_for(redis_url)
     result = cli(["enqueue", str(tmp_path / "in"), "--job", "J", "-m", str(tmp_path / "models" / "vit")], env,
                  cwd=tmp_path)
@@ -118,7 +90,7 @@ def test_a_chunk_whose_model_fails_to_load_is_retried_then_dead_lettered_and_ret
     """The worker is fine, the job's model is not (its weights are corrupt): the chunk is tried
     LABELQ_CHUNK_ATTEMPTS times, then parked; `--wait` ends (exit 1) instead of waiting forever;
     once the model is fixed, `retry` labels everything."""
-    paths = photos(tmp_path / "in", photo_bytes[:12])
+    paths = write_photos(tmp_path / "in", photo_bytes[:12])
     bad_model = broken_copy(tiny_vit, tmp_path / "vit-v2")
     env = env_for(redis_url)
     w = procs.worker(env)
@@ -127,7 +99,7 @@ def test_a_chunk_whose_model_fails_to_load_is_retried_then_dead_lettered_and_ret
                  timeout=180)
     assert result.returncode == 1, result.stderr
     assert "dead-lettered" in result.stderr and time.monotonic() - start < 120
-    st = status(env, "J", tmp_path)
+    st = job_status(env, "J", tmp_path)
     assert (st["state"], st["ok"], st["error"], st["dead"], st["dead_chunks"]) == ("failed", 0, 0, 12, 2)
     assert [d["attempts"] for d in st["dead_letters"]] == [2, 2] and all(d["error"] for d in st["dead_letters"])
     assert len([line for line in w.text().splitlines() if "is dead-lettered" in line]) == 2
@@ -135,9 +107,9 @@ def test_a_chunk_whose_model_fails_to_load_is_retried_then_dead_lettered_and_ret
     assert "dead letters (2 chunks that failed every attempt)" in errors
     shutil.copy(tiny_vit / "model.safetensors", bad_model / "model.safetensors")  # the operator fixes the model
     cli(["retry", "J", "--wait"], env, cwd=tmp_path, timeout=180).check()
-    st = status(env, "J", tmp_path)
+    st = job_status(env, "J", tmp_path)
     assert (st["state"], st["ok"], st["dead"], st["dead_chunks"]) == ("done", 12, 0, 0)
-    once_each(export(env, "J", tmp_path), file_uris(paths), str(bad_model))
+    once_each(export_job(env, "J", tmp_path), file_uris(paths), str(bad_model))
 
 
 # ---------------------------------------------------------------- Redis faults
@@ -150,7 +122,7 @@ def test_redis_out_of_memory_loses_nothing(tmp_path: Path, redis_factory: Any, p
     server = redis_factory()
     client = server.client()
     client.config_set("maxmemory-policy", "noeviction")
-    paths = photos(tmp_path / "in", photo_bytes[:48])
+    paths = write_photos(tmp_path / "in", photo_bytes[:48])
     env = env_for(server.url, visibility_timeout=10)
     procs.worker(env)
     client.config_set("maxmemory", 1)  # full: nothing that grows memory is accepted
@@ -166,7 +138,7 @@ def test_redis_out_of_memory_loses_nothing(tmp_path: Path, redis_factory: Any, p
                describe=lambda: str(job_hash(client, "J")) + "\n" + procs.logs()[-3000:])
     h = job_hash(client, "J")
     assert (int(h["ok"]), int(h["error"]), h.get("dead", "0")) == (48, 0, "0")
-    once_each(export(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
+    once_each(export_job(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
 
 
 def test_a_job_resumed_after_redis_lost_its_data_labels_every_object(tmp_path: Path, redis_url: str,
@@ -174,17 +146,17 @@ def test_a_job_resumed_after_redis_lost_its_data_labels_every_object(tmp_path: P
                                                                      photo_bytes: list[bytes], env_for: Any) -> None:
     """Records in a SQL table survive; Redis (no AOF) forgets every job, chunk and done-set. The resumed
     listing skips what the table holds and labels the rest, new objects between old ones included."""
-    first = photos(tmp_path / "in", photo_bytes[:32], prefix="b")
+    first = write_photos(tmp_path / "in", photo_bytes[:32], prefix="b")
     env = env_for(redis_url, results_url=f"sqlite:///{tmp_path / 'records.db'}")
     procs.worker(env)
     cli(["enqueue", str(tmp_path / "in"), "--job", "J", "--wait"], env, cwd=tmp_path, timeout=180).check()
     redis_client.flushall()
-    later = photos(tmp_path / "in", photo_bytes[32:44], prefix="a") + photos(tmp_path / "in", photo_bytes[44:50],
+    later = write_photos(tmp_path / "in", photo_bytes[32:44], prefix="a") + write_photos(tmp_path / "in", photo_bytes[44:50],
                                                                                prefix="c")
     cli(["enqueue", str(tmp_path / "in"), "--job", "J", "--wait"], env, cwd=tmp_path, timeout=180).check()
-    st = status(env, "J", tmp_path)
+    st = job_status(env, "J", tmp_path)
     assert (st["total"], st["skipped"], st["ok"]) == (50, 32, 50)
-    once_each(export(env, "J", tmp_path), file_uris(first + later), str(tiny_vit))
+    once_each(export_job(env, "J", tmp_path), file_uris(first + later), str(tiny_vit))
 
 
 # ---------------------------------------------------------------- sources and configuration
@@ -193,16 +165,16 @@ def test_a_job_resumed_after_redis_lost_its_data_labels_every_object(tmp_path: P
 def test_a_manifest_with_repeats_finishes_and_counts_each_object_once(tmp_path: Path, redis_url: str,
                                                                        procs: Procs, tiny_vit: Path,
                                                                        photo_bytes: list[bytes], env_for: Any) -> None:
-    paths = photos(tmp_path / "in", photo_bytes[:10])
+    paths = write_photos(tmp_path / "in", photo_bytes[:10])
     lines = [str(p) for p in paths] + [p.as_uri() for p in paths[:5]] + [str(p) for p in paths[3:7]]
     (tmp_path / "manifest.txt").write_text("\n".join(lines) + "\n")
     env = env_for(redis_url)
     procs.worker(env)
     cli(["enqueue", str(tmp_path / "manifest.txt"), "--job", "J", "--chunk-size", "4", "--wait"], env, cwd=tmp_path,
         timeout=180).check()
-    st = status(env, "J", tmp_path)
+    st = job_status(env, "J", tmp_path)
     assert (st["state"], st["total"], st["listed"], st["ok"]) == ("done", 10, 10, 10)
-    once_each(export(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
+    once_each(export_job(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
 
 
 def test_a_worker_without_credentials_parks_chunks_instead_of_writing_access_denied(
@@ -218,13 +190,13 @@ def test_a_worker_without_credentials_parks_chunks_instead_of_writing_access_den
     bad = procs.worker(no_creds)
     result = cli(["enqueue", f"s3://{s3_bucket}/creds/", "--job", "J", "--wait"], env, cwd=tmp_path, timeout=180)
     assert result.returncode == 1, cli(["status", "J", "--errors"], env, cwd=tmp_path).stdout
-    st = status(env, "J", tmp_path)
+    st = job_status(env, "J", tmp_path)
     assert (st["state"], st["ok"], st["error"], st["dead"]) == ("failed", 0, 0, 8)
     assert "credentials" in st["dead_letters"][0]["error"]
     bad.stop()
     procs.worker(env)
     cli(["retry", "J", "--wait"], env, cwd=tmp_path, timeout=180).check()
-    records = export(env, "J", tmp_path)
+    records = export_job(env, "J", tmp_path)
     once_each(records, uris, str(tiny_vit))
     assert Counter(r["status"] for r in records) == {"ok": 8}
 
@@ -233,22 +205,22 @@ def test_a_job_export_stays_that_jobs_result_after_another_job_relabels(tmp_path
                                                                           procs: Procs, tiny_vit: Path,
                                                                           photo_bytes: list[bytes],
                                                                           env_for: Any) -> None:
-    paths = photos(tmp_path / "in", photo_bytes[:8])
+    paths = write_photos(tmp_path / "in", photo_bytes[:8])
     env = env_for(redis_url)
     procs.worker(env)
     cli(["enqueue", str(tmp_path / "in"), "--job", "A", "--wait"], env, cwd=tmp_path, timeout=180).check()
-    before = export(env, "A", tmp_path)
+    before = export_job(env, "A", tmp_path)
     cli(["enqueue", str(tmp_path / "in"), "--job", "B", "--force", "--wait"], env, cwd=tmp_path, timeout=180).check()
-    after = export(env, "A", tmp_path)
+    after = export_job(env, "A", tmp_path)
     assert sorted(map(json.dumps, before)) == sorted(map(json.dumps, after))
     assert {r["job"] for r in after} == {"A"}
-    assert {r["job"] for r in export(env, "B", tmp_path)} == {"B"}
+    assert {r["job"] for r in export_job(env, "B", tmp_path)} == {"B"}
     once_each(after, file_uris(paths), str(tiny_vit))
 
 
 def test_two_producers_of_one_job_count_it_once(tmp_path: Path, redis_url: str, redis_client: Any, procs: Procs,
                                                   tiny_vit: Path, photo_bytes: list[bytes], env_for: Any) -> None:
-    paths = photos(tmp_path / "in", photo_bytes[:40])
+    paths = write_photos(tmp_path / "in", photo_bytes[:40])
     env = env_for(redis_url)
     producers = [procs.spawn(["enqueue", str(tmp_path / "in"), "--job", "J"], env, name=f"producer{i}")
                  for i in range(2)]
@@ -260,12 +232,12 @@ def test_two_producers_of_one_job_count_it_once(tmp_path: Path, redis_url: str, 
     wait_until(lambda: job_hash(redis_client, "J").get("state") == "done", timeout=180, what="job done")
     h = job_hash(redis_client, "J")
     assert (int(h["ok"]), int(h["chunks_done"])) == (40, 5)
-    once_each(export(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
+    once_each(export_job(env, "J", tmp_path), file_uris(paths), str(tiny_vit))
 
 
 def test_wait_gives_up_when_no_worker_takes_the_job(tmp_path: Path, redis_url: str, photo_bytes: list[bytes],
                                                      env_for: Any) -> None:
-    photos(tmp_path / "in", photo_bytes[:4])
+    write_photos(tmp_path / "in", photo_bytes[:4])
     env = env_for(redis_url, stall_timeout=3)
     start = time.monotonic()
     result = cli(["enqueue", str(tmp_path / "in"), "--job", "J", "--wait"], env, cwd=tmp_path, timeout=60)

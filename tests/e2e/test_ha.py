@@ -9,7 +9,6 @@ job running for several seconds: long enough to strike in the middle of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,59 +16,35 @@ import pytest
 
 from labelq.redis_client import connect
 from tests.conftest import _need
-from tests.e2e.conftest import job_hash
+from tests.e2e.conftest import export_job, file_uris, job_hash, once_each, write_photos
 from tests.support.procs import wait_until
 from tests.support.redis import SentinelGroup
-from tests.support.workers import Procs, by_key, cli, labelq_env, read_jsonl
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 
 N, CHUNK, BATCH = 48, 8, 8
 
 
-def photos(folder: Path, data: list[bytes]) -> set[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, d in enumerate(data):
-        (folder / f"p_{i:04d}.jpg").write_bytes(d)
-    return {p.resolve().as_uri() for p in folder.iterdir()}
-
-
-def labelled_once(env: dict[str, str], job: str, cwd: Path, uris: set[str], model: str) -> None:
-    out = cwd / f"{job}.jsonl"
-    cli(["export", job, "-o", str(out)], env, cwd=cwd).check()
-    pairs = by_key(read_jsonl(out))
-    assert {k: len(v) for k, v in pairs.items() if len(v) > 1} == {}, "records written twice"
-    assert set(pairs) == {(u, model) for u in uris}
-
-
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    g = _need(lambda: SentinelGroup(tmp_path / "ha", sentinels=3).start())
-    try:
-        yield g
-    finally:
-        g.stop()
-
-
 def test_the_redis_master_killed_mid_job_fails_over_and_the_job_ends_done(
-    group: SentinelGroup, tmp_path: Path, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]
+    sentinel_group: SentinelGroup, tmp_path: Path, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]
 ) -> None:
     """Broker, job state and records all behind Sentinel; the master is SIGKILLed once records are coming in."""
-    uris = photos(tmp_path / "in", photo_bytes[:N])
+    uris = file_uris(write_photos(tmp_path / "in", photo_bytes[:N]))
     # replication is asynchronous: a chunk the old master took may be gone from the new one; the heal publishes
     # it again once its deadline passes (short here), decided from the records
-    env = labelq_env(broker=group.url, models=[slow_vit], sentinel_master=group.name, local_root=tmp_path,
+    env = labelq_env(broker=sentinel_group.url, models=[slow_vit], sentinel_master=sentinel_group.name, local_root=tmp_path,
                      chunk_size=CHUNK, batch_size=BATCH, visibility_timeout=10, stall_timeout=90,
                      chunk_deadline=6, heal_interval=2)
     worker = procs.worker(env, timeout=180)
-    client = connect(group.url, master=group.name)
+    client = connect(sentinel_group.url, master=sentinel_group.name)
     producer = procs.spawn(["enqueue", str(tmp_path / "in"), "--job", "ha", "--wait"], env, name="enqueue")
     wait_until(lambda: 0 < int(job_hash(client, "ha").get("ok", 0)) < N - 2 * CHUNK, timeout=120, every=0.02,
                what="the job half-way", describe=lambda: f"{job_hash(client, 'ha')}\n{worker.tail(30)}")
-    old = group.master.port
+    old = sentinel_group.master.port
     killed = time.monotonic()
-    group.kill_master()
-    group.wait_failover(old)
+    sentinel_group.kill_master()
+    sentinel_group.wait_failover(old)
     promoted = time.monotonic() - killed
     at_promotion = int(job_hash(client, "ha").get("ok", 0))  # what the replica had (asynchronous: maybe less)
     wait_until(lambda: int(job_hash(client, "ha").get("ok", 0)) > at_promotion or
@@ -81,11 +56,11 @@ def test_the_redis_master_killed_mid_job_fails_over_and_the_job_ends_done(
     assert producer.wait(150) == 0, producer.tail(30)
     state = job_hash(client, "ha")
     assert state["state"] == "done", state
-    labelled_once(env, "ha", tmp_path, uris, str(slow_vit))
+    once_each(export_job(env, "ha", tmp_path), uris, str(slow_vit))
     assert "Traceback" not in producer.text()
     ping = cli(["ping"], env, cwd=tmp_path).check().stdout  # the worker answers through the new master too
-    master = f"(master labelq at 127.0.0.1:{group.replica.port})"
-    assert f"broker: {group.url} {master}" in ping and f"job state (redis): {group.url} {master}" in ping
+    master = f"(master labelq at 127.0.0.1:{sentinel_group.replica.port})"
+    assert f"broker: {sentinel_group.url} {master}" in ping and f"job state (redis): {sentinel_group.url} {master}" in ping
     assert "1 answering" in ping
 
 
@@ -99,7 +74,7 @@ def test_rabbitmq_quorum_queues_restarted_mid_job_lose_nothing(
     rabbit = RabbitServer()
     try:
         _need(lambda: rabbit.start_private(timeout=90))  # a node of its own to restart: no shared fallback
-        uris = photos(tmp_path / "in", photo_bytes[:N])
+        uris = file_uris(write_photos(tmp_path / "in", photo_bytes[:N]))
         env = labelq_env(broker=rabbit.url, redis=redis_url, models=[slow_vit], amqp_quorum="true",
                          local_root=tmp_path, chunk_size=CHUNK, batch_size=BATCH, stall_timeout=90)
         worker = procs.worker(env, timeout=180)
@@ -111,7 +86,7 @@ def test_rabbitmq_quorum_queues_restarted_mid_job_lose_nothing(
         print(f"\nRabbitMQ restarted: AMQP unreachable for {down:.2f} s")
         assert producer.wait(150) == 0, producer.tail(30)
         assert job_hash(redis_client, "rq")["state"] == "done"
-        labelled_once(env, "rq", tmp_path, uris, str(slow_vit))
+        once_each(export_job(env, "rq", tmp_path), uris, str(slow_vit))
         log = worker.text()
         assert "Global QoS is disabled" in log and "Connection to broker lost" in log
         # what the worker could not acknowledge on the closed connection came back and was settled as a duplicate

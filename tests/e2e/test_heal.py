@@ -21,25 +21,15 @@ from typing import Any
 import pytest
 
 from labelq import keys
-from tests.e2e.conftest import job_hash
+from tests.e2e.conftest import export_job, job_hash, job_status, once_each, write_photos
 from tests.support.procs import free_port, wait_until
 from tests.support.redis import queue_length
-from tests.support.workers import Procs, by_key, cli, labelq_env, read_jsonl
+from tests.support.workers import Procs, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 
 CHUNK = 8
 HEAL = {"heal_interval": 1, "chunk_deadline": 4, "stall_timeout": 90, "chunk_retry_delay": 0.2}
-
-
-def photos(folder: Path, data: list[bytes], prefix: str = "p") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, blob in enumerate(data):
-        path = folder / f"{prefix}_{i:03d}.jpg"
-        path.write_bytes(blob)
-        out.append(path)
-    return out
 
 
 def env_of(broker: str, model: Path, root: Path, **settings: Any) -> dict[str, str]:
@@ -48,20 +38,11 @@ def env_of(broker: str, model: Path, root: Path, **settings: Any) -> dict[str, s
     return labelq_env(broker=broker, models=[model], **base)
 
 
-def status(env: dict[str, str], job: str, cwd: Path) -> dict[str, Any]:
-    return json.loads(cli(["status", job, "--json"], env, cwd=cwd).check().stdout)
-
-
 def exactly_once(env: dict[str, str], job: str, cwd: Path, paths: list[Path], model: Path) -> list[dict[str, Any]]:
     """The job's export holds one record per object, none twice, and nothing else; its status agrees."""
-    out = cwd / f"{job}.jsonl"
-    cli(["export", job, "-o", str(out)], env, cwd=cwd).check()
-    records = read_jsonl(out)
-    pairs = by_key(records)
-    twice = {k: len(v) for k, v in pairs.items() if len(v) > 1}
-    assert not twice, f"records written twice: {twice}"
-    assert set(pairs) == {(p.as_uri(), str(model)) for p in paths}
-    st = status(env, job, cwd)
+    records = export_job(env, job, cwd)
+    once_each(records, {p.as_uri() for p in paths}, str(model))
+    st = job_status(env, job, cwd)
     assert st["state"] == "done", st
     assert (st["ok"] + st["error"], st["total"]) == (len(paths), len(paths)), st  # counters never past the total
     assert st["chunks_done"] <= st["chunks"], st
@@ -79,7 +60,7 @@ def wait_ok(client: Any, job: str, n: int, timeout: float = 90) -> None:
 def test_a_queue_purged_mid_job_is_published_again_and_the_job_ends_done(
         redis_url: str, redis_client: Any, procs: Procs, slow_vit: Path, photo_bytes: list[bytes],
         tmp_path: Path) -> None:
-    paths = photos(tmp_path / "in", photo_bytes[:64])
+    paths = write_photos(tmp_path / "in", photo_bytes[:64])
     port = free_port()
     env = env_of(redis_url, slow_vit, tmp_path, chunks_in_flight=1, metrics_port=port)
     procs.worker(env)
@@ -89,7 +70,7 @@ def test_a_queue_purged_mid_job_is_published_again_and_the_job_ends_done(
     redis_client.delete("labelq")  # the Celery queue list: what `celery purge` or a DEL does
     assert purged >= 2, "the queue was drained before it could be purged"
     assert producer.wait(120) == 0, producer.tail()
-    st = status(env, "P", tmp_path)
+    st = job_status(env, "P", tmp_path)
     assert st["republished"] == purged  # each lost chunk published again once, no more
     exactly_once(env, "P", tmp_path, paths, slow_vit)
     shown = cli(["status", "P"], env, cwd=tmp_path).check().stdout
@@ -105,7 +86,7 @@ def test_a_message_lost_between_brpop_and_unacked_is_published_again(
     """kombu's Redis transport takes a message with BRPOP, then writes it to ``unacked``. A consumer that
     dies between the two (SIGKILL; or the write refused at ``maxmemory``) leaves it in neither place.
     Here a consumer connection does the BRPOP, as kombu does, and never writes ``unacked``."""
-    paths = photos(tmp_path / "in", photo_bytes[:24])
+    paths = write_photos(tmp_path / "in", photo_bytes[:24])
     env = env_of(redis_url, tiny_vit, tmp_path)
     cli(["enqueue", str(tmp_path / "in"), "--job", "B"], env, cwd=tmp_path).check()
     assert queue_length(redis_client) == 3
@@ -114,7 +95,7 @@ def test_a_message_lost_between_brpop_and_unacked_is_published_again(
     procs.worker(env)
     done = cli(["status", "B", "--follow"], env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    st = status(env, "B", tmp_path)
+    st = job_status(env, "B", tmp_path)
     assert st["republished"] == 1  # the one message lost, published again once
     exactly_once(env, "B", tmp_path, paths, tiny_vit)
 
@@ -128,7 +109,7 @@ def test_redis_restarted_empty_mid_job_then_the_same_enqueue_again_labels_every_
         request: pytest.FixtureRequest) -> None:
     server = redis_factory()  # no AOF, no RDB: a restart comes back empty
     results = request.getfixturevalue("postgres_url") if records == "postgresql" else server.url
-    paths = photos(tmp_path / "in", photo_bytes[:24])
+    paths = write_photos(tmp_path / "in", photo_bytes[:24])
     env = env_of(server.url, slow_vit, tmp_path, results_url=results, chunks_in_flight=1, batch_size=2)
     worker = procs.worker(env)
     args = ["enqueue", str(tmp_path / "in"), "--job", "W"]
@@ -156,7 +137,7 @@ def _bits(client: Any, job: str) -> str | None:
 
 def test_a_later_job_naming_an_object_moderation_moved_ends_with_not_found_records(
         redis_url: str, procs: Procs, tiny_vit: Path, photo_bytes: list[bytes], tmp_path: Path) -> None:
-    paths = photos(tmp_path / "in", photo_bytes[:4])
+    paths = write_photos(tmp_path / "in", photo_bytes[:4])
     policy = tmp_path / "policy.toml"
     policy.write_text('version = "v1"\nquarantine_prefix = "quarantine/"\n\n'
                       f'[[rule]]\nmodel = {json.dumps(str(tiny_vit))}\nlabel = "nsfw"\nthreshold = 0.0\n'
@@ -190,7 +171,7 @@ def test_a_chunk_delivered_twice_counts_once_in_records_and_counters(
     from labelq.tasks import make_app
 
     results = f"sqlite:///{tmp_path / 'records.db'}" if records == "sqlite" else redis_url
-    paths = photos(tmp_path / "in", photo_bytes[:32])
+    paths = write_photos(tmp_path / "in", photo_bytes[:32])
     env = env_of(redis_url, tiny_vit, tmp_path, results_url=results)
     cli(["enqueue", str(tmp_path / "in"), "--job", "D"], env, cwd=tmp_path).check()
     payloads = {c.decode(): json.loads(v) for c, v in redis_client.hgetall(keys.job_payloads("D")).items()}

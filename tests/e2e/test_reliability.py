@@ -1,6 +1,6 @@
 """Reliability and security, with the damage done for real (issue 4).
 
-Workers are SIGKILLed and SIGTERMed mid-chunk, Redis (with AOF) is restarted mid-job,
+Workers are SIGKILLed and SIGTERMed mid-chunk (Redis restarted mid-job: test_resilience.py),
 the producer is killed mid-listing, bad and hostile input goes through the whole
 distributed path, a pickled message is pushed into the queue, and credentials are
 looked for in every log and output. Every test here is marked ``slow``.
@@ -28,9 +28,10 @@ import pytest
 
 from labelq import keys
 from labelq.testing import CORPUS_MAX_PIXELS
-from tests.e2e.conftest import PasswordRedis, RedisDB, empty_bucket, job_hash, jpeg, png, put_objects
+from tests.e2e.conftest import PasswordRedis, RedisDB, job_hash, jpeg, png, put_objects
+from tests.support.moto import empty_bucket
 from tests.support.procs import wait_until
-from tests.support.redis import RedisServer, queue_length, queued_chunks, unacked_chunks
+from tests.support.redis import queue_length, queued_chunks, unacked_chunks
 from tests.support.workers import Procs, Worker, by_key, chunk_executions, cli, labelq_env, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -237,37 +238,6 @@ def test_a_dead_workers_chunk_is_redelivered_after_the_visibility_timeout(up: Pa
     finally:
         pair.w1.start()  # its start-up returns the chunk; the job ends before the next test
         wait_done(pair.db.client, job, timeout=60)
-
-
-# ---------------------------------------------------------------- the broker restarts
-
-
-def test_redis_with_aof_restarted_mid_job_loses_nothing(redis_factory: Any, s3_server: Any, s3_client: Any,
-                                                        s3_bucket: str, slow_vit: Path, photo_bytes: list[bytes],
-                                                        procs: Procs, tmp_path: Path) -> None:
-    server: RedisServer = redis_factory(aof=True)
-    uris = set(put_objects(s3_client, s3_bucket, {f"aof/p_{i:03d}.jpg": d for i, d in enumerate(photo_bytes[:96])}))
-    env = labelq_env(broker=server.url, models=[slow_vit], s3=s3_server.endpoint_url, visibility_timeout=VT,
-                     batch_size=BATCH)
-    worker = procs.worker(env)
-    cli(["enqueue", f"s3://{s3_bucket}/aof", "--job", "aof", "--chunk-size", str(CHUNK)], env, cwd=tmp_path).check()
-    with server.client() as client:
-        wait_until(lambda: int(job_hash(client, "aof").get("ok", 0)) >= 24, timeout=90, what="24 records",
-                   describe=worker.tail)
-        before = job_hash(client, "aof")
-    server.stop()  # SIGTERM: the AOF is flushed; fsync=always besides
-    time.sleep(2)
-    server.start()
-    with server.client() as client:
-        after_restart = job_hash(client, "aof")
-        assert after_restart["listed"] == before["listed"] == "96"  # job state survived
-        assert int(before["ok"]) < 96  # the restart was mid-job
-        assert int(after_restart["ok"]) >= int(before["ok"])
-        state = wait_done(client, "aof", timeout=150, describe=worker.tail)
-    assert worker.alive(), "the worker died with the broker"
-    assert "Connection to broker lost" in worker.text()
-    assert (int(state["ok"]), int(state["error"]), int(state["total"])) == (96, 0, 96)
-    assert_exactly_once(export(env, "aof", tmp_path), uris, str(slow_vit))
 
 
 # ---------------------------------------------------------------- the producer dies

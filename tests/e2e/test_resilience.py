@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from labelq import keys as lq_keys
-from tests.e2e.test_faults import broken_copy, export, file_uris, once_each, photos, status
+from tests.e2e.conftest import broken_copy, export_job, file_uris, job_hash, job_status, once_each, write_photos
 from tests.support.procs import free_port, group_members, wait_until
 from tests.support.redis import RedisServer
 from tests.support.workers import Procs, cli, labelq_env
@@ -30,22 +30,13 @@ from tests.support.workers import Procs, cli, labelq_env
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Any:
-    """A private redis-server that keeps its data across stop/start (AOF): an outage, not a wipe."""
-    server = RedisServer(tmp_path / "redis", aof=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
-        tmp_path: Path, own_redis: RedisServer, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]) -> None:
-    """Redis (broker, job state and records) stopped for 15 s mid-job: the worker stays up and says "degraded" (log
-    and metrics), `ping` says degraded, and once Redis is back the job ends done with every object labelled exactly once."""
-    paths = photos(tmp_path / "in", photo_bytes[:96])
+        tmp_path: Path, redis_factory: Any, procs: Procs, slow_vit: Path, photo_bytes: list[bytes]) -> None:
+    """Redis (broker, job state and records; AOF, so an outage and not a wipe) stopped for 15 s mid-job: the worker
+    stays up and says "degraded" (log and metrics), `ping` says degraded, the job state survives the restart, and once
+    Redis is back the job ends done with every object labelled exactly once and nothing counted twice."""
+    own_redis: RedisServer = redis_factory(aof=True)
+    paths = write_photos(tmp_path / "in", photo_bytes[:96])
     metrics = free_port()
     env = labelq_env(broker=own_redis.url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
                      stall_timeout=120, visibility_timeout=60, metrics_port=metrics)
@@ -53,8 +44,9 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     cli(["enqueue", str(tmp_path / "in"), "--job", "R"], env, cwd=tmp_path).check()
     client = own_redis.client()
     wait_until(lambda: int(client.hget("labelq:job:R", "ok") or 0) >= 8, timeout=90, what="some records written")
+    before = job_hash(client, "R")
     client.close()
-    own_redis.stop()
+    own_redis.stop()  # SIGTERM: the AOF is flushed; fsync=always besides
     down_at = time.monotonic()
     w.wait_for(lambda t: "degraded" in t, timeout=30, what="the worker's log to say degraded")
     ping = cli(["ping", "--timeout", "1"], env, cwd=tmp_path, timeout=60)
@@ -64,10 +56,18 @@ def test_a_worker_rides_out_a_redis_outage_and_the_job_finishes_once_each(
     time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
     assert w.alive(), w.tail()
     own_redis.start()
+    with own_redis.client() as client:
+        after_restart = job_hash(client, "R")
+    assert after_restart["listed"] == before["listed"] == "96"  # job state survived
+    assert int(before["ok"]) < 96  # the outage was mid-job
+    assert int(after_restart["ok"]) >= int(before["ok"])
     w.wait_for(lambda t: "recovered" in t, timeout=60, what="the worker's log to say recovered")
-    wait_until(lambda: status(env, "R", tmp_path)["state"] == "done", timeout=120, every=1.0, what="job R done")
-    once_each(export(env, "R", tmp_path), file_uris(paths), str(slow_vit))
+    wait_until(lambda: job_status(env, "R", tmp_path)["state"] == "done", timeout=120, every=1.0, what="job R done")
+    st = job_status(env, "R", tmp_path)
+    assert (st["ok"], st["error"], st["total"]) == (96, 0, 96), st
+    once_each(export_job(env, "R", tmp_path), file_uris(paths), str(slow_vit))
     assert w.alive(), w.tail()
+    assert "Connection to broker lost" in w.text()
 
 
 def celery_children(leader: int) -> list[int]:
@@ -88,7 +88,7 @@ def test_a_sigkilled_device_process_is_restarted_and_the_job_finishes_once_each(
         photo_bytes: list[bytes]) -> None:
     """SIGKILL the celery child of `labelq worker` mid-job: the launcher logs it and starts a new one; the chunk it
     held comes back after the visibility timeout; the job ends done, each object once; SIGTERM then stops all."""
-    paths = photos(tmp_path / "in", photo_bytes[:32])
+    paths = write_photos(tmp_path / "in", photo_bytes[:32])
     env = labelq_env(broker=redis_url, models=[slow_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
                      visibility_timeout=10, stall_timeout=120)
     w = procs.worker(env)
@@ -98,8 +98,8 @@ def test_a_sigkilled_device_process_is_restarted_and_the_job_finishes_once_each(
     os.kill(child, signal.SIGKILL)
     w.wait_for(lambda t: "restarting it in" in t and "killed by signal 9" in t, timeout=30, what="the restart line")
     wait_until(lambda: len([c for c in celery_children(w.pid) if c != child]) == 1, timeout=30, what="a new child")
-    wait_until(lambda: status(env, "K", tmp_path)["state"] == "done", timeout=180, every=1.0, what="job K done")
-    once_each(export(env, "K", tmp_path), file_uris(paths), str(slow_vit))
+    wait_until(lambda: job_status(env, "K", tmp_path)["state"] == "done", timeout=180, every=1.0, what="job K done")
+    once_each(export_job(env, "K", tmp_path), file_uris(paths), str(slow_vit))
     started = time.monotonic()
     assert w.terminate(60) == 0, w.tail()
     assert time.monotonic() - started < 60
@@ -138,24 +138,28 @@ LIVE = "labelq.live"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Any:
+def broker(redis_factory: Any) -> RedisServer:
     """A second redis-server as the broker, to take down while job state stays up."""
-    server = RedisServer(tmp_path / "broker")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return redis_factory()
+
+
+def listen_then_broker_down(procs: Procs, broker: RedisServer, redis_url: str, redis_client: Any, model: Path,
+                            job: str, outage_wait: float, *keys: str) -> tuple[str, dict[str, str], Any]:
+    """`labelq listen --minio` started on ``broker`` (job state in ``redis_url``), then the broker stopped and a
+    MinIO event of ``keys`` pushed: (the events list's key, the listener's environment, the listener)."""
+    events = f"events-{uuid.uuid4().hex[:8]}"
+    env = labelq_env(broker=broker.url, redis=redis_url, models=[model], events_key=events, outage_wait=outage_wait)
+    listen = procs.spawn(["listen", "--minio", "--job", job], env, name="listen")
+    listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
+    broker.stop()
+    redis_client.rpush(events, minio_event(*keys))
+    return events, env, listen
 
 
 def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_broker_is_back(
-        tmp_path: Path, redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
-    events = f"events-{uuid.uuid4().hex[:8]}"
-    env = labelq_env(broker=broker.url, redis=redis_url, models=[tiny_vit], events_key=events, outage_wait=120)
-    listen = procs.spawn(["listen", "--minio", "--job", "L1"], env, name="listen")
-    listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
-    broker.stop()
-    redis_client.rpush(events, minio_event("a.jpg", "b.jpg"))
+        redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+    events, _env, listen = listen_then_broker_down(procs, broker, redis_url, redis_client, tiny_vit, "L1", 120,
+                                                   "a.jpg", "b.jpg")
     listen.wait_for(lambda t: "listen degraded" in t, timeout=30, what="'listen degraded'")
     assert redis_client.llen(events) == 0 and redis_client.llen(f"{events}:processing") == 1  # taken, kept
     time.sleep(3)
@@ -170,13 +174,8 @@ def test_listen_keeps_an_event_through_a_broker_outage_and_queues_it_once_the_br
 
 
 def test_listen_exits_non_zero_with_one_line_when_the_broker_stays_down_and_the_next_one_replays_the_event(
-        tmp_path: Path, redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
-    events = f"events-{uuid.uuid4().hex[:8]}"
-    env = labelq_env(broker=broker.url, redis=redis_url, models=[tiny_vit], events_key=events, outage_wait=4)
-    listen = procs.spawn(["listen", "--minio", "--job", "L2"], env, name="listen")
-    listen.wait_for(lambda t: "listening to" in t, timeout=60, what="'listening to'")
-    broker.stop()
-    redis_client.rpush(events, minio_event("c.jpg"))
+        redis_url: str, redis_client: Any, broker: RedisServer, procs: Procs, tiny_vit: Path) -> None:
+    events, env, listen = listen_then_broker_down(procs, broker, redis_url, redis_client, tiny_vit, "L2", 4, "c.jpg")
     assert listen.wait(60) == 1
     errors = [line for line in listen.text().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not queue" in errors[0] and "labelq listen" in errors[0], listen.tail()
@@ -247,7 +246,7 @@ def test_a_webhook_never_holds_a_chunk_and_each_object_is_posted_once_per_policy
     exactly one successful POST per object, nothing dead."""
     hook = Webhook(mode)
     try:
-        photos(tmp_path / "in", photo_bytes[:8])
+        write_photos(tmp_path / "in", photo_bytes[:8])
         policy = notify_policy(tmp_path / "policy.toml", tiny_vit, hook.url, attempts=1 if mode == "hang" else 3)
         env = labelq_env(broker=redis_url, models=[tiny_vit], local_root=str(tmp_path), chunk_size=8, batch_size=8,
                          policy=str(policy), outbox_timeout=2, visibility_timeout=20)

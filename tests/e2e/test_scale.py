@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from labelq import keys
-from tests.e2e.conftest import RedisDB, job_hash
+from tests.e2e.conftest import RedisDB, export_job, file_uris, job_hash, once_each, write_photos
 from tests.support.procs import wait_until
 from tests.support.redis import queue_length
-from tests.support.workers import LABELQ, Procs, Worker, by_key, chunk_executions, cli, labelq_env, read_jsonl
+from tests.support.workers import LABELQ, Procs, Worker, chunk_executions, cli, labelq_env
 
 pytestmark = pytest.mark.slow
 
@@ -90,16 +90,6 @@ def producers() -> Iterator[list[int]]:
             pass
 
 
-def photos(folder: Path, data: list[bytes]) -> set[str]:
-    folder.mkdir(parents=True)
-    uris = set()
-    for i, d in enumerate(data):
-        path = folder / f"img_{i:04d}.jpg"
-        path.write_bytes(d)
-        uris.add(path.resolve().as_uri())
-    return uris
-
-
 def backgrounded(stderr: str) -> int:
     """The background producer's pid from `labelq enqueue`'s message."""
     found = PRODUCER.search(" ".join(stderr.split()))
@@ -120,11 +110,7 @@ def waiting_chunks(client: Any) -> int:
 
 
 def export_once(env: dict[str, str], job: str, cwd: Path, uris: set[str], model: str) -> None:
-    out = cwd / f"{job}.jsonl"
-    cli(["export", job, "-o", str(out)], env, cwd=cwd).check()
-    pairs = by_key(read_jsonl(out))
-    assert {k: len(v) for k, v in pairs.items() if len(v) > 1} == {}, "records exported twice"
-    assert set(pairs) == {(u, model) for u in uris}
+    pairs = once_each(export_job(env, job, cwd), uris, model)
     assert all(v[0]["error"] is None for v in pairs.values())
 
 
@@ -143,7 +129,7 @@ def test_the_queue_bound_holds_for_two_jobs_enqueued_at_once_and_both_finish_exa
     lazy_worker.pause()
     run = uuid.uuid4().hex[:6]
     folders = {f"bound-a-{run}": root / f"a-{run}", f"bound-b-{run}": root / f"b-{run}"}
-    jobs = {job: photos(folder, photo_bytes[i * IMAGES : (i + 1) * IMAGES]) for i, (job, folder) in enumerate(folders.items())}
+    jobs = {job: file_uris(write_photos(folder, photo_bytes[i * IMAGES : (i + 1) * IMAGES], "img")) for i, (job, folder) in enumerate(folders.items())}
     start = time.monotonic()
     running = [subprocess.Popen([LABELQ, "enqueue", str(folder), "--job", job, "--chunk-size", str(CHUNK)],
                                 env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -196,7 +182,7 @@ def test_enqueue_again_resumes_from_the_cursor_of_a_killed_producer(
     lazy_worker.pause()  # started by the test above, or not yet: either way nothing consumes
     job = f"resume-{uuid.uuid4().hex[:6]}"
     folder = root / job
-    uris = photos(folder, photo_bytes[2 * IMAGES : 3 * IMAGES])
+    uris = file_uris(write_photos(folder, photo_bytes[2 * IMAGES : 3 * IMAGES], "img"))
     first = cli(["enqueue", str(folder), "--job", job, "--chunk-size", str(CHUNK)], env, cwd=root).check()
     pid = backgrounded(first.stderr)
     producers.append(pid)

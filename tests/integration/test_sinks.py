@@ -240,6 +240,22 @@ def test_parquet_urls_are_checked(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "dir").is_dir()
 
 
+@pytest.mark.parametrize("scheme", ["parquet", "delta"])
+def test_local_store_folders_are_checked_alike(tmp_path: Path, scheme: str) -> None:
+    """Both local stores take their folder from one parser: absolute, created, one line when it cannot be."""
+    from labelq.errors import UsageError
+    from labelq.results.parquet import local_root
+
+    with pytest.raises(UsageError, match=f"use an absolute folder, as in {scheme}:///data/labels"):
+        open_store(f"{scheme}://relative/dir")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UsageError, match="cannot create") as info:
+        open_store(f"{scheme}://{tmp_path}/a-file/under")
+    assert "\n" not in str(info.value) and str(tmp_path / "a-file" / "under") in str(info.value)
+    assert local_root(f"{scheme}://{tmp_path}/made/here") == tmp_path / "made" / "here"
+    assert (tmp_path / "made" / "here").is_dir()
+
+
 # ---------------------------------------------------------------- PostgreSQL batched writes
 
 

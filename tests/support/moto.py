@@ -7,6 +7,7 @@ Celery workers started as other processes reach it at
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +85,25 @@ class MotoServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def empty_bucket(s3_client: Any, bucket: str) -> None:
+    """Delete every object of ``bucket`` and its policy, if any."""
+    with contextlib.suppress(Exception):
+        s3_client.delete_bucket_policy(Bucket=bucket)
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if objs:
+            s3_client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
+
+
+@contextlib.contextmanager
+def fresh_bucket(s3_client: Any, prefix: str) -> Iterator[str]:
+    """A new bucket ``PREFIX-<random>``; emptied and deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        empty_bucket(s3_client, name)
+        s3_client.delete_bucket(Bucket=name)
