@@ -156,7 +156,7 @@ def _exit_code(info: Any, strict: bool) -> int:
     return 1 if strict and info.error else 0
 
 
-def follow(services: Any, job: str, *, poll: float = 0.5, stall_timeout: float | None = None) -> Any:
+def follow(services: Any, job: str, *, poll: float = 1.0, stall_timeout: float | None = None) -> Any:
     """A live progress bar until the job is finished (done, failed, total, rate, ETA): ``Client.wait`` with a bar.
 
     Gives up (returns the job's info, not finished) when nothing moved for ``stall_timeout`` seconds
