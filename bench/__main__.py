@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--large-rounds", type=int, default=2, help="alternated rounds of the second set")
     sp.add_argument("--before", type=Path, default=None, help="another checkout (e.g. the main branch) whose code "
                     "runs the 'before' worker and enqueue, for a comparison in the same run")
+    sp.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine before each run")
     jp = sub.add_parser("decoders", help="JPEG decoders (Pillow full/draft, simplejpeg, pyvips) on one thread: "
                         "ms/img and fidelity vs the models' processors")
     jp.add_argument("--images", type=int, default=None,

@@ -313,8 +313,8 @@ class Client:
         goes on in a thread of this process as the workers drain the queue (:meth:`close` and
         :meth:`wait` let it finish). Enqueueing the same ``job`` again resumes its listing.
         """
+        from .hub import check_model
         from .jobs import new_job_id
-        from .models import check_model
         from .producer import QueueFull
         from .producer import enqueue as do_enqueue
 

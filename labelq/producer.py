@@ -312,7 +312,7 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
 
 def _revisions(models: Sequence[str]) -> dict[str, str | None]:
     """The current revision of each model (hub commit or folder hash): reruns skip only what it labelled."""
-    from .models import resolve_revision
+    from .hub import resolve_revision
 
     return {m: resolve_revision(m) for m in models}
 

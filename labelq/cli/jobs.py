@@ -67,7 +67,7 @@ def enqueue(
     setup_logging(settings, quiet=not background)
     services = open_services(settings)
     if not background:
-        from ..models import check_model
+        from ..hub import check_model
 
         for name in settings.models:  # before anything is published
             check_model(name)
@@ -259,7 +259,7 @@ def status(
 def _older_revisions(services: Any, info: Any) -> dict[str, int]:
     """Per model, the job's records made by another revision than the model's current one (hub commit or
     folder hash): what a rerun would relabel."""
-    from ..models import resolve_revision
+    from ..hub import resolve_revision
     from ..results import older_revisions
 
     try:
