@@ -47,7 +47,7 @@ def enqueue(
     source: Annotated[str, typer.Argument(help="s3://bucket/prefix, folder, manifest file or inventory manifest.json")],
     model: ModelOpt = None,
     job: Annotated[str | None, typer.Option(help="job name (its id); the same name again resumes the job")] = None,
-    chunk_size: Annotated[int | None, typer.Option(help="object refs per task (default LABELQ_CHUNK_SIZE)")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="the largest chunk: object refs per task (default LABELQ_CHUNK_SIZE)")] = None,
     wait: Annotated[bool, typer.Option(help="show progress and return when every object has a record")] = False,
     strict: Annotated[bool, typer.Option(help="with --wait: exit 1 when any record failed")] = False,
     force: Annotated[bool, typer.Option(help="relabel objects that already have records")] = False,
