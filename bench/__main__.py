@@ -39,8 +39,10 @@ Commands (``python -m bench --help``):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .common import DOCS, OUT, QUIET, cores, limit_ips, log, machine, offline_env, write_json
@@ -102,6 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--images", type=int, default=1024)
     tp.add_argument("--batch", type=int, default=32)
     tp.add_argument("--repeat", type=int, default=5, help="interleaved rounds")
+    sp = sub.add_parser("small", help="whole `enqueue --wait` vs `labelq run`'s labelling time, one warm worker: "
+                        "600 1080p objects and 10,000 small ones (chunk plan, --wait on events)")
+    sp.add_argument("--model", choices=("mobilenetv3", "vit"), default="mobilenetv3")
+    sp.add_argument("--batch", type=int, default=32)
+    sp.add_argument("--small", type=int, default=600, help="objects of the first set (1920x1080, distinct)")
+    sp.add_argument("--large", type=int, default=10_000, help="objects of the second set (0: none)")
+    sp.add_argument("--large-size", default="320x240", help="image size of the second set")
+    sp.add_argument("--large-files", type=int, default=1000, help="distinct files of the second set (repeated "
+                    "under other keys up to --large objects)")
+    sp.add_argument("--rounds", type=int, default=3, help="alternated rounds of the first set")
+    sp.add_argument("--large-rounds", type=int, default=2, help="alternated rounds of the second set")
+    sp.add_argument("--before", type=Path, default=None, help="another checkout (e.g. the main branch) whose code "
+                    "runs the 'before' worker and enqueue, for a comparison in the same run")
+    sp.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine before each run")
     jp = sub.add_parser("decoders", help="JPEG decoders (Pillow full/draft, simplejpeg, pyvips) on one thread: "
                         "ms/img and fidelity vs the models' processors")
     jp.add_argument("--images", type=int, default=None,
@@ -168,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         return _s3(args)
     if args.command == "throughput":
         return _throughput(args)
+    if args.command == "small":
+        return _small(args)
     return _all(args)
 
 
@@ -276,6 +294,24 @@ def _throughput(args: argparse.Namespace) -> int:
               f"{m['worker_cpu_s_median']} | {m['moto_cpu_s_median']} |")
     write_json(OUT / f"throughput-{args.model}.json", res)
     print(f"wrote {OUT / f'throughput-{args.model}.json'}")
+    return 0
+
+
+def _small(args: argparse.Namespace) -> int:
+    """Short jobs on one warm worker: whole `enqueue --wait` against `labelq run`'s labelling time (bench/small.py)."""
+    from . import data, small
+
+    sets = {"1080p": (data.files(data.photos("1920x1080", args.small)), args.small)}
+    if args.large:
+        sets[args.large_size] = (data.files(data.photos(args.large_size, args.large_files)), args.large)
+    rounds = {"1080p": args.rounds, args.large_size: args.large_rounds}
+    log(f"small: {', '.join(f'{n} objects {k}' for k, (_, n) in sets.items())}, {args.model}, batch {args.batch}, "
+        f"{cores()} cores, load average {os.getloadavg()[0]:.2f}" + (f", before: {args.before}" if args.before else ""))
+    res = small.run(str(data.model(args.model)), sets, rounds=rounds, batch_size=args.batch, before=args.before)
+    res.update({"machine": machine(), "command": "python -m bench " + " ".join(sys.argv[1:]), "model": args.model})
+    print(small.table(res))
+    write_json(OUT / f"small-{args.model}.json", res)
+    print(f"wrote {OUT / f'small-{args.model}.json'}")
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from .common import CACHE, ROOT, cores, log
 
 SIZES: dict[str, tuple[int, int]] = {
+    "320x240": (320, 240),
     "640x480": (640, 480),
     "1920x1080": (1920, 1080),
     "4000x3000": (4000, 3000),

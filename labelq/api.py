@@ -313,8 +313,8 @@ class Client:
         goes on in a thread of this process as the workers drain the queue (:meth:`close` and
         :meth:`wait` let it finish). Enqueueing the same ``job`` again resumes its listing.
         """
+        from .hub import check_model
         from .jobs import new_job_id
-        from .models import check_model
         from .producer import QueueFull
         from .producer import enqueue as do_enqueue
 
@@ -361,24 +361,34 @@ class Client:
         *,
         timeout: float | None = None,
         progress: Callable[[JobInfo], None] | None = None,
-        poll: float = 0.5,
+        poll: float = 1.0,
         stall_timeout: float | None = None,
     ) -> JobInfo:
         """Block until the job is done; returns its info. ``labelq enqueue --wait`` and ``status --follow`` are this.
 
-        ``progress`` is called with the job's info at every poll. A job left ``verifying`` (its counters say
+        It wakes on the job's events (a chunk done or dead-lettered, the listing over, the verification; see
+        :mod:`labelq.job_events`), and reads the job every ``poll`` seconds besides (progress, and a lost
+        event costs at most that). ``progress`` is called with the job's info at every wake-up. A job left ``verifying`` (its counters say
         complete; no worker has checked its records against the source yet, e.g. none can read the source) is
         verified from this process after VERIFY_AFTER_S. Raises :class:`~labelq.errors.JobFailed` when chunks were
         dead-lettered (``retry`` runs them again), :class:`~labelq.errors.JobStalled` when nothing moved for
         ``stall_timeout`` seconds (default ``LABELQ_STALL_TIMEOUT``: is a worker running?), and
         :class:`TimeoutError` after ``timeout``.
         """
+        from .job_events import JobEvents
+
+        book = self.services.book
+        self.status(job)  # UsageError when there is no such job
+        with JobEvents(book.redis, job) as events:  # subscribed before the first read: no event falls between
+            return self._wait(job, events, timeout=timeout, progress=progress, poll=poll, stall_timeout=stall_timeout)
+
+    def _wait(self, job: str, events: Any, *, timeout: float | None, progress: Callable[[JobInfo], None] | None,
+              poll: float, stall_timeout: float | None) -> JobInfo:
         book = self.services.book
         stall = self.settings.stall_timeout if stall_timeout is None else stall_timeout
         start = moved_at = time.monotonic()
         last: tuple[Any, ...] | None = None
         verifying_since: float | None = None
-        self.status(job)  # UsageError when there is no such job
         while True:
             try:
                 info = book.info(job)
@@ -408,7 +418,12 @@ class Client:
                 raise JobStalled(info, stall)
             if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"job {job} not done after {timeout:g}s ({info.processed} records so far)")
-            time.sleep(poll)
+            nap = poll
+            if verifying_since is not None:  # wake to verify from here when no worker did
+                nap = min(nap, max(0.05, verifying_since + VERIFY_AFTER_S - time.monotonic() + 0.01))
+            if timeout is not None:
+                nap = min(nap, max(0.05, start + timeout - time.monotonic() + 0.01))
+            events.wait(nap)
 
     def _verify(self, job: str) -> None:
         """Check a job against its records and source from here (labelq.heal.verify); the workers' heal may

@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         2, ge=1, le=64, description="bulk chunks a worker process works on at once (task threads sharing one engine); "
         "2 decodes the next chunk while the current one infers; 1 = solo pool, one at a time"
     )
+    chunk_slots: int | None = Field(
+        None, ge=0, le=100_000, description="chunks the workers work on at once, all together (workers x "
+        "chunks_in_flight; unset: chunks_in_flight, one worker): a job's first chunks ramp up and its last "
+        "slots x chunk_size objects are cut into this many equal chunks; 0 = fixed chunks of chunk_size"
+    )
     visibility_timeout: int = Field(3600, ge=10, description="seconds before an unacknowledged chunk is redelivered (Redis broker)")
     queue: str = Field("labelq", description="Celery queue of bulk chunks")
     max_queued_chunks: int = Field(
@@ -314,6 +319,11 @@ class Settings(BaseSettings):
             f"job state needs Redis and none is named (the broker is {redact(self.broker_url)}, records go to "
             f"{redact(self.results_url) if self.results_url else 'the job Redis'}): set LABELQ_REDIS_URL=redis://HOST:6379/0"
         )
+
+    @property
+    def slots(self) -> int:
+        """Chunks the workers work on at once, as the producer plans a job's chunks (0: fixed chunks)."""
+        return self.chunks_in_flight if self.chunk_slots is None else self.chunk_slots
 
     @property
     def results(self) -> str:

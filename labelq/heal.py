@@ -29,16 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from .config import Settings
 from .errors import RETRYABLE_KINDS, UsageError
 from .jobs import JobBook, chunk_id
 from .objects import ObjectRef, Stores
-from .producer import publish, queued_messages
+from .producer import distinct_groups, publish, queued_messages
 from .redis_client import connect, is_redis_url
 from .results.base import RecordStore
 from .sources import iter_listing, parse_source
@@ -72,11 +71,6 @@ class HealReport:
         return sum(self.republished.values())
 
 
-def _groups(pairs: Iterator[tuple[ObjectRef, str]], size: int) -> Iterator[list[tuple[ObjectRef, str]]]:
-    while group := list(islice(pairs, size)):
-        yield group
-
-
 def verify(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: RecordStore, retryable: bool = False,
            tick: Callable[[], object] | None = None) -> Verified:
     """Check the job's records against its source; publish again what is missing; settle the counters.
@@ -102,17 +96,12 @@ def verify(job_id: str, settings: Settings, *, app: Any, book: JobBook, store: R
     seen: set[str] | None = set() if source.kind == "manifest" else None
     todo: list[ObjectRef] = []
     failed: list[tuple[str, str]] = []  # (model, uri) of retryable failures redone
-    for group in _groups(iter_listing(source, stores), settings.chunk_size):
-        refs: dict[str, ObjectRef] = {}
-        for ref, _ in group:
-            if ref.uri not in refs and (seen is None or ref.uri not in seen):
-                refs[ref.uri] = ref
-        if seen is not None:
-            seen.update(refs)
-        out.listed += len(refs)
-        uris = list(refs)
+    for _, group in distinct_groups(iter_listing(source, stores), settings.chunk_size, seen):
+        out.listed += len(group)
+        uris = [ref.uri for ref in group]
         found = {m: store.job_get_many(job_id, m, uris) for m in models}
-        for uri, ref in refs.items():
+        for ref in group:
+            uri = ref.uri
             recs = [found[m].get(uri) for m in models]
             redo_failed = retryable and any(r is not None and not r.ok and r.error_kind in RETRYABLE_KINDS
                                             for r in recs)

@@ -11,6 +11,7 @@ no retries, so an unreachable hub costs seconds, not a minute of retry warnings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -278,3 +279,58 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def check_model(name: str) -> None:
+    """Check that ``name`` (a folder or a hub id) can be loaded here, without importing torch.
+
+    A folder needs config.json (transformers or timm) and weights; a hub id must be in the Hugging Face
+    cache or on a reachable hub (HF_HUB_OFFLINE honoured; one request, short timeout, no retries).
+    Raises UsageError with one line saying what to do when it cannot be resolved.
+    """
+    resolve(name)
+
+
+# ---------------------------------------------------------------- revisions
+
+
+def resolve_revision(name: str) -> str | None:
+    """The revision ``name`` loads as now, without loading it (no torch): a local folder's content hash,
+    else the commit the local hub cache's ``refs/main`` points at; None when unknown (not cached)."""
+    if Path(name).is_dir():
+        return folder_revision(Path(name))
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model") / "refs" / "main"
+        return ref.read_text(encoding="utf-8").strip() or None
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+_FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def folder_revision(folder: Path) -> str:
+    """``sha256:`` + 16 hex of a local model folder's files (relative paths, sizes, contents; hidden
+    files and folders left out). Cached per process by (path, sizes, mtimes): hashed once per change."""
+    folder = folder.resolve()
+    files = sorted(
+        (p.relative_to(folder).as_posix(), p)
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    stats = [(rel, p.stat()) for rel, p in files]
+    key = (str(folder), tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in stats))
+    if key not in _FOLDER_HASHES:
+        digest = hashlib.sha256()
+        for rel, path in files:
+            digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        if len(_FOLDER_HASHES) > 64:
+            _FOLDER_HASHES.clear()
+        _FOLDER_HASHES[key] = "sha256:" + digest.hexdigest()[:16]
+    return _FOLDER_HASHES[key]

@@ -48,6 +48,10 @@ local function finish(job, now)
     redis.call('HSET', job, 'state', 'verifying')
   end
 end
+-- Wake whoever waits on the job (labelq.job_events): its state, on the job's channel.
+local function notify(job)
+  redis.call('PUBLISH', job .. ':events', redis.call('HGET', job, 'state') or '')
+end
 """
 
 # KEYS: job. ARGV: prefix, ttl, now, n, then n x (chunk, pos, field, code, info).
@@ -132,6 +136,7 @@ end
 redis.call('DEL', prefix .. ':chunk:' .. chunk)
 if ttl > 0 then redis.call('EXPIRE', done, ttl) end
 finish(job, now)
+notify(job)
 return redis.call('HGET', job, 'state') or ''
 """
 
@@ -153,6 +158,7 @@ redis.call('HSET', dead, chunk, cjson.encode(doc))
 redis.call('HINCRBY', job, 'dead', missing)
 if ttl > 0 then redis.call('EXPIRE', dead, ttl) end
 finish(job, now)
+notify(job)
 return missing
 """
 
@@ -258,6 +264,7 @@ return extra
 _FINISH_LISTING_LUA = _FINISH + """
 redis.call('HSET', KEYS[1], 'total', ARGV[1], 'expected', ARGV[2], 'state', 'running')
 finish(KEYS[1], ARGV[3])
+notify(KEYS[1])
 return redis.call('HGET', KEYS[1], 'state')
 """
 
@@ -290,6 +297,7 @@ else
   redis.call('HSET', job, 'state', st)
   redis.call('HDEL', job, 'finished_at')
 end
+redis.call('PUBLISH', job .. ':events', st)  -- wakes whoever waits on the job (labelq.job_events)
 return st
 """
 
@@ -450,6 +458,15 @@ class JobBook:
         """A streaming job's models change (``labelq listen`` with a policy whose shadow models changed)."""
         self.redis.hset(keys.job(job_id), "models", json.dumps(list(models)))
 
+    def chunk_plan(self, job_id: str, proposed: str) -> str:
+        """The job's chunk plan (``labelq.producer.ChunkPlan``): the first producer's, kept, so that a producer
+        resuming the listing cuts the rest where the first would have."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(keys.job(job_id), "plan", proposed)
+        pipe.hget(keys.job(job_id), "plan")
+        raw = pipe.execute()[1]
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
     def listing(self, job_id: str) -> None:
         """A producer (re)starts listing: the job cannot finish before the listing does."""
         pipe = self.redis.pipeline(transaction=False)
@@ -460,8 +477,10 @@ class JobBook:
     def listing_failed(self, job_id: str, message: str) -> None:
         """The source cannot be listed (SourceError): the job is ``failed`` with the message, not left ``listing``;
         the same ``labelq enqueue`` again, once the source is fixed, resumes it from its cursor."""
-        self.redis.hset(keys.job(job_id), mapping={"state": "failed", "listing_error": message,
-                                                   "finished_at": utcnow()})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.job(job_id), mapping={"state": "failed", "listing_error": message, "finished_at": utcnow()})
+        pipe.publish(keys.job_events(job_id), "failed")
+        pipe.execute()
 
     def lease(self, job_id: str, token: str, ttl_s: float) -> bool:
         """Take the job's listing lease (one producer at a time); False when another holds it."""

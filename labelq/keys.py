@@ -9,7 +9,8 @@ key                                         type    holds
 ``labelq:job:{job}``                        hash    job state: state, source, models, created_at,
                                                     finished_at, total, expected, listed, enqueued,
                                                     skipped, chunks, chunks_done, ok, error, dead,
-                                                    cursor (where listing resumes), producer_at,
+                                                    cursor (where listing resumes), plan (where it
+                                                    is cut into chunks: size/slots), producer_at,
                                                     progress_at (last record written), republished
                                                     (chunks the heal published again); state is
                                                     listing, running, verifying, done or failed
@@ -30,6 +31,9 @@ key                                         type    holds
                                                     holding it pushes the deadline on (heartbeat)
 ``labelq:job:{job}:payload``                hash    chunk id → JSON (refs, models) of a chunk in flight:
                                                     what the heal publishes again (deleted when done)
+``labelq:job:{job}:events``                 channel pub/sub: the job's state, when a chunk is done or
+                                                    parked, its listing ends or fails, or it is verified
+                                                    (wakes ``--wait``; a lost message costs one poll)
 ``labelq:job:{job}:rec:{model}``            hash    uri → the job's record (Redis record store only)
 ``labelq:rec:{model}``                      hash    uri → latest record across jobs (Redis record store
                                                     only): reruns skip what is here with the same etag
@@ -138,6 +142,12 @@ def job_inflight(job_id: str) -> str:
 
 def job_payloads(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:payload"
+
+
+def job_events(job_id: str) -> str:
+    """Pub/sub channel: the job's new state, published when a chunk is done or parked, its listing ends or
+    fails, or a verification settles it (labelq.job_events: wakes ``--wait``)."""
+    return f"{PREFIX}job:{job_id}:events"
 
 
 def job_errors(job_id: str) -> str:

@@ -17,9 +17,10 @@ import random
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,117 @@ class QueueFull(Exception):
     """The queue bound is reached and the caller asked not to wait."""
 
 
-def _groups(pairs: Iterator[tuple[ObjectRef, str]], size: int) -> Iterator[list[tuple[ObjectRef, str]]]:
-    while group := list(islice(pairs, size)):
-        yield group
+Pair = tuple[ObjectRef, str]  # an object and the listing cursor just past it
+MIN_CHUNK = 32  # objects: the ramp and the tail never cut a chunk below this (a batch), nor above the chunk size
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where a listing is cut into chunks: a pure function of the positions in the listing and its length.
+
+    ``size`` is the largest chunk (``--chunk-size``). ``slots`` is how many chunks the workers work on at
+    once (``LABELQ_CHUNK_SLOTS``; 0: fixed chunks of ``size``, the plan of jobs listed before plans existed).
+    With slots, the first chunks ramp up (``slots`` chunks of a quarter of ``size``, ``slots`` of a half, then
+    ``size``) so the first records come fast and every slot has work from the start; and the last
+    ``slots x size`` objects or fewer (seen ahead before they are cut) are cut into up to ``slots`` equal chunks,
+    so the slots finish together instead of one working alone on a short last chunk. The cuts depend only on
+    the listing, so a producer resuming from a cursor (at a cut) cuts the rest as the first one would have:
+    a relisted group is the same chunk (the same content id).
+    """
+
+    size: int
+    slots: int = 0
+
+    @property
+    def floor(self) -> int:
+        return min(MIN_CHUNK, self.size)
+
+    @property
+    def window(self) -> int:
+        """Objects seen ahead of a cut: a listing that ends within it is cut as a tail."""
+        return self.slots * self.size
+
+    def ramp(self, index: int) -> int:
+        """The size of the ``index``-th chunk of a listing longer than the window from its start."""
+        if self.slots <= 0 or index >= 2 * self.slots:
+            return self.size
+        return max(self.floor, self.size >> (2 - index // self.slots))
+
+    def tail(self, remaining: int) -> list[int]:
+        """Sizes of the chunks of the last ``remaining`` (<= window) objects: up to ``slots`` equal parts."""
+        if remaining <= 0:
+            return []
+        k = max(-(-remaining // self.size), min(self.slots, remaining // self.floor), 1)
+        return [remaining // k + (i < remaining % k) for i in range(k)]
+
+    def cuts(self, total: int) -> list[int]:
+        """End positions of every chunk of a listing of ``total`` objects."""
+        out, pos, index = [], 0, 0
+        while total - pos > self.window:
+            pos += min(self.ramp(index), total - pos)
+            index += 1
+            out.append(pos)
+        for n in self.tail(total - pos):
+            pos += n
+            out.append(pos)
+        return out
+
+    def tail_start(self, total: int) -> int:
+        """Where the tail of a listing of ``total`` objects starts (the first cut within a window of its end)."""
+        pos, index = 0, 0
+        while total - pos > self.window:
+            pos += min(self.ramp(index), total - pos)
+            index += 1
+        return pos
+
+    def encode(self) -> str:
+        return f"{self.size}/{self.slots}"
+
+    @classmethod
+    def decode(cls, text: str) -> ChunkPlan:
+        size, _, slots = text.partition("/")
+        return cls(int(size), int(slots or 0))
+
+
+def planned_groups(pairs: Iterator[Pair], plan: ChunkPlan, start: int = 0) -> Iterator[list[Pair]]:
+    """The listing (resumed at position ``start``, a cut) in groups cut by ``plan``."""
+    if plan.slots <= 0:
+        while group := list(islice(pairs, plan.size)):
+            yield group
+        return
+    pos, index = 0, 0
+    while pos < start:  # the ramp's place at the resumed cut (a cut in the tail is found from the total below)
+        pos += plan.ramp(index)
+        index += 1
+    pos = start
+    ahead: deque[Pair] = deque()
+    while True:
+        ahead.extend(islice(pairs, plan.window + 1 - len(ahead)))
+        if not ahead:
+            return
+        if len(ahead) > plan.window:  # the listing goes on past the window: a ramp (or full) chunk
+            sizes = [plan.ramp(index)]
+        else:  # its end is in sight: the cuts of the whole listing, from here
+            sizes = [b - a for a, b in pairwise([pos, *(c for c in plan.cuts(pos + len(ahead)) if c > pos)])]
+        for n in sizes:
+            yield [ahead.popleft() for _ in range(n)]
+            pos += n
+            index += 1
+
+
+def distinct_groups(pairs: Iterator[Pair], size: int | ChunkPlan, seen: set[str] | None,
+                    start: int = 0) -> Iterator[tuple[list[Pair], list[ObjectRef]]]:
+    """Each group of the listing (``size``: fixed groups, or a :class:`ChunkPlan`) with its objects named once:
+    within the group, and (``seen`` not None: sources that can repeat an object, manifests) across groups."""
+    plan = size if isinstance(size, ChunkPlan) else ChunkPlan(size)
+    for group in planned_groups(pairs, plan, start):
+        unique: dict[str, ObjectRef] = {}
+        for ref, _ in group:
+            if ref.uri not in unique and (seen is None or ref.uri not in seen):
+                unique[ref.uri] = ref
+        if seen is not None:
+            seen.update(unique)
+        yield group, list(unique.values())
 
 
 def enqueue(
@@ -148,17 +257,15 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
     # listing first re-reads what it handled before, to know what it already saw.
     seen: set[str] | None = set() if source.kind == "manifest" else None
     pairs = iter_listing(source, stores, after=None if seen is not None or not cursor else cursor)
+    position = listed  # objects before the cursor: a listing that names each once
     if seen is not None and cursor:
-        pairs = _replay(pairs, cursor, seen)
+        position = _replay(pairs, cursor, seen)
+    # The first producer's plan stays the job's (a resume cuts the rest as it would have); a job listed
+    # before plans existed (a cursor, no plan) was cut in fixed chunks.
+    proposed = ChunkPlan(size, settings.slots) if not cursor else ChunkPlan(size)
+    plan = ChunkPlan.decode(book.chunk_plan(job_id, proposed.encode()))
     sent = skipped = chunks = 0
-    for group in _groups(pairs, size):
-        unique: dict[str, ObjectRef] = {}
-        for ref, _ in group:
-            if ref.uri not in unique and (seen is None or ref.uri not in seen):
-                unique[ref.uri] = ref
-        if seen is not None:
-            seen.update(unique)
-        refs = list(unique.values())
+    for group, refs in distinct_groups(pairs, plan, seen, start=position):
         done, existing = (set(), []) if force or not refs else settled(store, refs, models, revisions)
         if existing:  # the new job's result holds them too (its export is one record per object and model)
             copies = [replace(rec, job=job_id) for rec in existing]
@@ -205,18 +312,21 @@ def _produce(source: Any, settings: Settings, *, app: Any, book: JobBook, store:
 
 def _revisions(models: Sequence[str]) -> dict[str, str | None]:
     """The current revision of each model (hub commit or folder hash): reruns skip only what it labelled."""
-    from .models import resolve_revision
+    from .hub import resolve_revision
 
     return {m: resolve_revision(m) for m in models}
 
 
-def _replay(pairs: Iterator[tuple[ObjectRef, str]], cursor: str, seen: set[str]) -> Iterator[tuple[ObjectRef, str]]:
-    """Re-read a de-duplicated listing up to its cursor (remembering what it held), then go on."""
+def _replay(pairs: Iterator[Pair], cursor: str, seen: set[str]) -> int:
+    """Re-read a de-duplicated listing up to its cursor (remembering what it held); how many entries it read
+    (the position of the cursor in the listing, where the chunk plan goes on)."""
+    read = 0
     for ref, cur in pairs:
+        read += 1
         seen.add(ref.uri)
         if cur == cursor:
             break
-    yield from pairs
+    return read
 
 
 RECOUNT_S = 10.0  # while the queue is full, compare the waiting count with the broker's queue this often

@@ -47,7 +47,7 @@ def enqueue(
     source: Annotated[str, typer.Argument(help="s3://bucket/prefix, folder, manifest file or inventory manifest.json")],
     model: ModelOpt = None,
     job: Annotated[str | None, typer.Option(help="job name (its id); the same name again resumes the job")] = None,
-    chunk_size: Annotated[int | None, typer.Option(help="object refs per task (default LABELQ_CHUNK_SIZE)")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="the largest chunk: object refs per task (default LABELQ_CHUNK_SIZE)")] = None,
     wait: Annotated[bool, typer.Option(help="show progress and return when every object has a record")] = False,
     strict: Annotated[bool, typer.Option(help="with --wait: exit 1 when any record failed")] = False,
     force: Annotated[bool, typer.Option(help="relabel objects that already have records")] = False,
@@ -67,7 +67,7 @@ def enqueue(
     setup_logging(settings, quiet=not background)
     services = open_services(settings)
     if not background:
-        from ..models import check_model
+        from ..hub import check_model
 
         for name in settings.models:  # before anything is published
             check_model(name)
@@ -156,7 +156,7 @@ def _exit_code(info: Any, strict: bool) -> int:
     return 1 if strict and info.error else 0
 
 
-def follow(services: Any, job: str, *, poll: float = 0.5, stall_timeout: float | None = None) -> Any:
+def follow(services: Any, job: str, *, poll: float = 1.0, stall_timeout: float | None = None) -> Any:
     """A live progress bar until the job is finished (done, failed, total, rate, ETA): ``Client.wait`` with a bar.
 
     Gives up (returns the job's info, not finished) when nothing moved for ``stall_timeout`` seconds
@@ -259,7 +259,7 @@ def status(
 def _older_revisions(services: Any, info: Any) -> dict[str, int]:
     """Per model, the job's records made by another revision than the model's current one (hub commit or
     folder hash): what a rerun would relabel."""
-    from ..models import resolve_revision
+    from ..hub import resolve_revision
     from ..results import older_revisions
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,28 @@ def test_errors_are_exceptions(worker_env: dict[str, str], module_bucket: str, r
         with pytest.raises(JobStalled) as caught:
             client.wait(job, stall_timeout=2, timeout=60)
         assert caught.value.info.id == "stalls" and caught.value.info.total == 21
+
+
+def test_wait_returns_on_the_workers_events_not_its_poll(worker_env: dict[str, str], s3_client: Any,
+                                                         module_bucket: str, photo_bytes: list[bytes],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real worker's last chunk and verification wake ``wait``: with a 30 s poll it returns within seconds,
+    after a handful of reads of the job (one per event), not one per poll."""
+    put_objects(s3_client, module_bucket, {f"events/p_{i}.jpg": data for i, data in enumerate(photo_bytes[:6])})
+    with _client(worker_env, chunk_size=4) as client:
+        book = client.services.book
+        real_info, reads = book.info, []
+
+        def counted(job_id: str) -> Any:  # each still a real read of Redis
+            reads.append(time.monotonic())
+            return real_info(job_id)
+
+        monkeypatch.setattr(book, "info", counted)
+        job = client.enqueue(f"s3://{module_bucket}/events", job="events-1")
+        start = time.monotonic()
+        info = client.wait(job, poll=30, timeout=120)
+        took = time.monotonic() - start
+    assert info.state == "done" and info.ok == 6
+    # two chunks (3 + 3: one per slot), the listing's end, the verification: a few events, each one read
+    assert len(reads) <= 8, len(reads)
+    assert took < 25, took  # the first fallback poll would only come at 30 s
