@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..moderation import actions as storage_actions
 from ..moderation.audit import Action
 from ..records import utcnow
-from ..reviews import DECISIONS, Conflict, Item, Query, ReviewStore, item_id
+from ..reviews import DECISIONS, PAGE_MAX, Conflict, Item, Query, ReviewStore, item_id
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +141,8 @@ def export_rows(store: ReviewStore) -> Iterator[dict[str, Any]]:
                "policy_version": item.policy_version, "sample_rate": item.sample_rate}
 
 
-def decided_items(store: ReviewStore, batch: int = 500) -> Iterator[Item]:
-    q = Query(state="decided", size=min(batch, 200))
-    while True:
-        page = store.query(q)
-        yield from page.items
-        if page.next_after is None:
-            return
-        q.after = page.next_after
+def decided_items(store: ReviewStore) -> Iterator[Item]:
+    return store.walk(Query(state="decided", size=PAGE_MAX))
 
 
 def _iso(t: float) -> str:

@@ -49,13 +49,7 @@ def decided(store: ReviewStore, model: str, label: str, jobs: Sequence[str] | No
     """The decided review items of (model, label) in these jobs (all jobs: None), read a page of the index at a
     time (one round trip per page of up to PAGE_MAX items, never one per item)."""
     for job in (list(dict.fromkeys(jobs)) if jobs else [None]):
-        q = Query(state="decided", job=job, model=model, label=label, size=PAGE_MAX)
-        while True:
-            page = store.query(q)
-            yield from page.items
-            if page.next_after is None:
-                break
-            q.after = page.next_after
+        yield from store.walk(Query(state="decided", job=job, model=model, label=label, size=PAGE_MAX))
 
 
 def reviewed(store: ReviewStore, model: str, label: str, jobs: Sequence[str] | None = None) -> list[Reviewed]:

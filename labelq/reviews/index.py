@@ -6,7 +6,8 @@ from __future__ import annotations
 import heapq
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .. import keys
@@ -152,6 +153,16 @@ class QueueIndex:
             next_after = last if has_more else None
             prev_before = first if (q.after is not None and found) else None
         return Page(page_items, total, exact and total_exact, next_after, prev_before)
+
+    def walk(self, q: Query, reviewer: str | None = None) -> Iterator[Item]:
+        """Every item of a query, a page (``q.size`` items, one round trip per page) at a time, in its order."""
+        q = replace(q, after=None, before=None)
+        while True:
+            page = self.query(q, reviewer)
+            yield from page.items
+            if page.next_after is None:
+                return
+            q.after = page.next_after
 
     def _fetch(self, zsets: list[tuple[str, str]], sort: str, lo: float, hi: float, desc: bool, want: int,
                other: tuple[float, float, str] | None) -> tuple[list[tuple[int, str]], bool]:
