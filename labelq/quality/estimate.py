@@ -138,6 +138,22 @@ def unreviewed_counts(hist: np.ndarray, edges: np.ndarray, r_h: np.ndarray,
     return below[-1] - b, b
 
 
+def _proportion(hit: np.ndarray, among: np.ndarray, w: np.ndarray, strata: np.ndarray | None,
+                n_h: np.ndarray | None, z: float) -> tuple[float | None, float, float, float]:
+    """The weighted share of ``hit`` in ``among``, its Wilson interval and the effective n behind it: Kish's over
+    the items of ``among``, lowered to the stratified design's when ``strata`` and ``n_h`` are given."""
+    wa = w[among]
+    n = kish(wa)
+    total = float(np.sum(wa))
+    if not wa.size or total <= 0:
+        return None, 0.0, 1.0, n
+    p = float(np.sum(w[hit])) / total
+    if strata is not None and n_h is not None:
+        n = min(n, design_n(hit, among, strata, n_h, p))
+    lo, hi = wilson(p, n, z)
+    return p, lo, hi, n
+
+
 def point(t: float, scores: np.ndarray, truth: np.ndarray, w: np.ndarray, *, blind_above: float = 0.0,
           blind_below: float = 0.0, records_above: int = 0, strata: np.ndarray | None = None,
           n_h: np.ndarray | None = None, z: float = Z95) -> Point:
@@ -153,29 +169,12 @@ def point(t: float, scores: np.ndarray, truth: np.ndarray, w: np.ndarray, *, bli
     fp = float(np.sum(wa[~truth[above]]))
     pos = truth
     fn = float(np.sum(w[pos & ~above]))
-    # precision: the proportion of positives among the items at or above t
-    n_p = kish(wa)
-    if wa.size and (tp + fp) > 0:
-        prec: float | None = tp / (tp + fp)
-        if strata is not None and n_h is not None:
-            n_p = min(n_p, design_n(above & truth, above, strata, n_h, prec))
-        lo, hi = wilson(prec, n_p, z)
-    else:
-        prec, lo, hi = None, 0.0, 1.0
+    prec, lo, hi, n_p = _proportion(above & truth, above, w, strata, n_h, z)  # positives among those at or above t
     base = tp + fp
     if blind_above > 0:
         lo = lo * base / (base + blind_above)
         hi = (hi * base + blind_above) / (base + blind_above)
-    # recall: the proportion of positives at or above t
-    wp = w[pos]
-    n_r = kish(wp)
-    if wp.size and (tp + fn) > 0:
-        rec: float | None = tp / (tp + fn)
-        if strata is not None and n_h is not None:
-            n_r = min(n_r, design_n(above & pos, pos, strata, n_h, rec))
-        rlo, rhi = wilson(rec, n_r, z)
-    else:
-        rec, rlo, rhi = None, 0.0, 1.0
+    rec, rlo, rhi, n_r = _proportion(above & pos, pos, w, strata, n_h, z)  # positives at or above t
     positives = tp + fn
     if blind_above or blind_below:
         rlo = rlo * positives / (positives + blind_below) if positives + blind_below > 0 else 0.0
