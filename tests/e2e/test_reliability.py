@@ -5,9 +5,10 @@ the producer is killed mid-listing, bad and hostile input goes through the whole
 distributed path, a pickled message is pushed into the queue, and credentials are
 looked for in every log and output. Every test here is marked ``slow``.
 
-Timing: ``pair`` runs two workers with ``LABELQ_VISIBILITY_TIMEOUT=10`` (the
-smallest allowed) and a ViT-S (~0.1 s per image per core), so a chunk of 16 takes
-about two seconds: long enough to kill a worker in the middle of one.
+Timing: ``pair`` runs two workers with ``LABELQ_VISIBILITY_TIMEOUT=20`` (twice the
+smallest allowed: a chunk held on a loaded machine must not be redelivered by the
+timeout) and a ViT-S (~0.1 s per image per core), so a chunk of 16 takes about two
+seconds: long enough to kill a worker in the middle of one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tests.support.workers import Procs, Worker, by_key, chunk_executions, cli, 
 
 pytestmark = pytest.mark.slow
 
-VT = 10  # LABELQ_VISIBILITY_TIMEOUT of `pair`: seconds
+VT = 20  # LABELQ_VISIBILITY_TIMEOUT of `pair`: seconds (a loaded 2-core CI machine can take over 10 s for a chunk)
 CHUNK = 16
 BATCH = 8
 
