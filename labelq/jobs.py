@@ -301,6 +301,13 @@ redis.call('PUBLISH', job .. ':events', st)  -- wakes whoever waits on the job (
 return st
 """
 
+_OPEN_LUA = """
+-- a new job's fields in one step: a second producer of the same job never reads it half written
+if redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'listing', 'source', ARGV[2], 'models', ARGV[3], 'ok', 0, 'error', 0,
+           'dead', 0, 'cursor', '')
+return 1
+"""
 _RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -432,16 +439,15 @@ class JobBook:
         self._settle = redis.register_script(_SETTLE_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._open = redis.register_script(_OPEN_LUA)
 
     # ---------------------------------------------------------------- producer side
 
     def open(self, job_id: str, *, source: str, models: Sequence[str]) -> JobInfo:
         """Create the job, or resume it when it exists with the same source and models."""
         key = keys.job(job_id)
-        created = self.redis.hsetnx(key, "created_at", utcnow())
+        created = int(self._open(keys=[key], args=[utcnow(), source, json.dumps(list(models))]))
         if created:
-            self.redis.hset(key, mapping={"state": "listing", "source": source, "models": json.dumps(list(models)),
-                                          "ok": 0, "error": 0, "dead": 0, "cursor": ""})
             self.redis.zadd(keys.JOBS, {job_id: time.time()})
             self._expire(key)
         self.redis.sadd(keys.ACTIVE, job_id)
